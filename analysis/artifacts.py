@@ -1,0 +1,156 @@
+"""Where stage outputs live, and how they are written and read.
+
+Every write is atomic (a temporary file in the same folder, fsync, then a rename), so a
+stage killed at any point leaves either the old file or the new one, never half of one.
+Every format is deterministic: safetensors for tensors, JSON with sorted keys and
+Python's shortest round-trip float repr, SVG figures with fixed metadata and hash salt.
+Reads check the results against their schema (`ArtifactError` names the file and field).
+
+Layout, for a model key M and a stage S:
+    data/M/S.safetensors        tensors
+    data/M/metrics/S.json       scalars and small lists: what the paper quotes
+    data/M/figures/S*.svg       figures, from the same plot_* functions the paper calls
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from pydantic import BaseModel, ValidationError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+DATA_DIR = Path("data")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class ArtifactError(RuntimeError):
+    """A results file that is missing or does not match what the reader expects."""
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    model: str
+    stage: str
+    root: Path = DATA_DIR
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / self.model
+
+    @property
+    def tensors(self) -> Path:
+        return self.model_dir / f"{self.stage}.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.model_dir / "metrics" / f"{self.stage}.json"
+
+    def figure(self, name: str | None = None) -> Path:
+        return self.model_dir / "figures" / f"{name or self.stage}.svg"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give outputs the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_finite(obj: Any, where: str = "") -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"non-finite value {obj!r} at {where or '(top)'}; JSON results must be finite")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            _check_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _check_finite(value, f"{where}[{i}]")
+
+
+def to_json_bytes(obj: Any) -> bytes:
+    """Deterministic JSON: sorted keys, shortest round-trip floats, a final newline."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    _check_finite(obj)
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def save_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, to_json_bytes(obj))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_json(path: Path, schema: type[M]) -> M:
+    """Read a results file and check it against its schema."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: missing. Run `dvc pull` (or `dvc repro`) to get it.")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); restore it with `dvc checkout {path}`") from None
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise ArtifactError(
+            f"{path}: does not match the {schema.__name__} schema at {field}: {first['msg']}. "
+            f"Restore it with `dvc checkout {path}` or rebuild it with `dvc repro`."
+        ) from None
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=metadata))
+
+
+def load_tensors(path: Path, expected: dict[str, tuple[int, ...] | int] | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; `expected` maps names to shapes (or to ndim) to check."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: missing. Run `dvc pull` (or `dvc repro`) to get it.")
+    try:
+        tensors = load_safetensors_bytes(path.read_bytes())
+    except Exception as exc:  # safetensors raises its own error types for truncation
+        raise ArtifactError(f"{path}: unreadable safetensors ({exc}); restore it with `dvc checkout {path}`") from None
+    for name, shape in (expected or {}).items():
+        if name not in tensors:
+            raise ArtifactError(f"{path}: tensor {name!r} missing; restore it with `dvc checkout {path}`")
+        actual = tuple(tensors[name].shape)
+        if (isinstance(shape, int) and len(actual) != shape) or (isinstance(shape, tuple) and actual != shape):
+            raise ArtifactError(f"{path}: tensor {name!r} has shape {actual}, expected {shape}")
+    return tensors
+
+
+def save_figure(path: Path, fig: Any) -> None:
+    """An SVG with no date and a fixed id salt: the same figure gives the same bytes."""
+    import io
+
+    import matplotlib
+
+    buffer = io.BytesIO()
+    with matplotlib.rc_context({"svg.hashsalt": "arith-mismatch", "svg.fonttype": "path"}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    atomic_write_bytes(path, buffer.getvalue())
+

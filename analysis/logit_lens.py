@@ -1,0 +1,185 @@
+"""Logit lens (the study's Figure 1): each answer's probability after every layer.
+
+DVC stage `logit_lens@<model>`. Reads params.yaml [seed, models.<model>, prompt,
+logit_lens]; writes data/<model>/logit_lens.safetensors,
+data/<model>/metrics/logit_lens.json and data/<model>/figures/logit_lens.svg.
+
+At the final position, the residual stream after block l (`resid_post`) is passed
+through the final norm and the unembedding and softmaxed, as the study does. The norm's
+scale is recomputed for each layer's residual; this is the plain logit lens, which is
+biased in early layers (their residual is not yet in the unembedding's basis) and exact
+at the last layer, where it equals the model's own output.
+
+    python -m analysis.logit_lens --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from pydantic import BaseModel, ConfigDict, model_validator
+from torch import Tensor
+
+from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.params import Params
+from analysis.plotting import COLORS, quote_token, styled
+from analysis.prompts import PreparedPrompt, answer_logprobs, prepare_prompt
+from analysis.stage import run_stage
+
+STAGE = "logit_lens"
+
+
+@dataclass(frozen=True)
+class LensProbs:
+    probs: Float[Tensor, "batch layer vocab"]  # lens probabilities at the final position
+    output_probs: Float[Tensor, "batch vocab"]  # the model's own output probabilities
+
+
+@torch.no_grad()
+def compute_logit_lens(model, tokens: Int[Tensor, "batch pos"]) -> LensProbs:
+    """Pure: resid_post of every layer -> ln_final -> W_U -> softmax, final position."""
+    names = {f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)}
+    logits, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda name: name in names)
+    resid = torch.stack([cache[f"blocks.{layer}.hook_resid_post"][:, -1] for layer in range(model.cfg.n_layers)], dim=1)
+    lens_logits = model.unembed(model.ln_final(resid))  # (batch, layer, vocab)
+    return LensProbs(probs=lens_logits.softmax(-1).cpu(), output_probs=logits[:, -1].softmax(-1).cpu())
+
+
+# --- results ---------------------------------------------------------------------------
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CandidateLens(Schema):
+    text: str  # the answer string, e.g. " 10"
+    answer_tokens: list[str]  # its tokens after the shared context
+    first_token: str  # the first distinguishing token: what the lens tracks
+    first_token_id: int
+    prob_by_layer: list[float]
+    final_prob: float  # the model's own output probability of first_token
+    answer_prob: float  # P(whole answer string | context), teacher-forced
+    peak_layer: int
+
+
+class TopToken(Schema):
+    token: str
+    token_id: int
+    prob: float
+
+
+class LogitLensMetrics(Schema):
+    model: str
+    model_label: str
+    prompt_as_written: str
+    prompt: str  # the context actually fed to the model
+    prompt_tokens: list[str]
+    n_layers: int
+    correct: CandidateLens
+    misconception: CandidateLens
+    top_final: list[TopToken]
+    lens_vs_output_max_abs_diff: float  # last layer's lens against the model's output
+
+    @model_validator(mode="after")
+    def _lengths(self) -> LogitLensMetrics:
+        for name in ("correct", "misconception"):
+            got = len(getattr(self, name).prob_by_layer)
+            if got != self.n_layers:
+                raise ValueError(f"{name}.prob_by_layer has {got} values for {self.n_layers} layers")
+        return self
+
+
+def summarize(key: str, label: str, prepared: PreparedPrompt, lens: LensProbs,
+              answer_probs: dict[str, float], top_k: int, decode) -> LogitLensMetrics:
+    """Pure: the metrics of one prompt's lens (batch index 0). `decode` maps a token id to text."""
+    probs, output = lens.probs[0], lens.output_probs[0]
+    candidates = {}
+    for name, answer in prepared.answers.items():
+        by_layer = probs[:, answer.first_token_id]
+        candidates[name] = CandidateLens(
+            text=answer.text,
+            answer_tokens=list(answer.token_strs),
+            first_token=answer.first_token,
+            first_token_id=answer.first_token_id,
+            prob_by_layer=by_layer.tolist(),
+            final_prob=output[answer.first_token_id].item(),
+            answer_prob=answer_probs[name],
+            peak_layer=int(by_layer.argmax()),
+        )
+    top = output.topk(top_k)
+    return LogitLensMetrics(
+        model=key,
+        model_label=label,
+        prompt_as_written=prepared.prompt,
+        prompt=prepared.context,
+        prompt_tokens=list(prepared.str_tokens),
+        n_layers=probs.shape[0],
+        top_final=[
+            TopToken(token=decode(i), token_id=i, prob=p)
+            for i, p in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+        ],
+        lens_vs_output_max_abs_diff=(probs[-1] - output).abs().max().item(),
+        **candidates,
+    )
+
+
+# --- figure ----------------------------------------------------------------------------
+
+@styled
+def plot_logit_lens(metrics: LogitLensMetrics):
+    """Figure 1: lens probability of each answer's first token by layer (linear, log)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 2.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    layers = range(metrics.n_layers)
+    for name, marker in (("misconception", "o"), ("correct", "^")):
+        cand = getattr(metrics, name)
+        label = f"{name} {quote_token(cand.text.strip())} (token {quote_token(cand.first_token)})"
+        for ax in axes:
+            ax.plot(layers, cand.prob_by_layer, marker=marker, markersize=3, linewidth=1.5,
+                    color=COLORS[name], label=label)
+    axes[0].set_ylabel("probability at the final position")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("probability (log scale)")
+    for ax in axes:
+        ax.set_xlabel("layer (resid_post)")
+    axes[0].legend(loc="upper left", frameon=False)
+    fig.suptitle(f"Logit lens, {metrics.model_label}", fontsize=10)
+    return fig
+
+
+# --- stage -----------------------------------------------------------------------------
+
+def load_results(paths: StagePaths) -> tuple[LogitLensMetrics, dict[str, Tensor]]:
+    metrics = load_json(paths.metrics, LogitLensMetrics)
+    tensors = load_tensors(paths.tensors, {"lens_probs": (metrics.n_layers, 2)})
+    return metrics, tensors
+
+
+def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
+    spec = params.model(key)
+    prepared = prepare_prompt(model, params.prompt.canonical, params.prompt.answers.model_dump())
+    lens = compute_logit_lens(model, prepared.tokens[None])
+    answer_probs = {name: math.exp(lp) for name, lp in answer_logprobs(model, prepared).items()}
+    metrics = summarize(key, spec.label, prepared, lens, answer_probs, params.logit_lens.top_k,
+                        decode=lambda i: model.tokenizer.decode([i]))
+    save_tensors(paths.tensors, {
+        "lens_probs": lens.probs[0][:, prepared.first_token_ids],  # (layer, [correct, misconception])
+        "output_probs": lens.output_probs[0],
+        "tokens": prepared.tokens,
+    })
+    save_json(paths.metrics, metrics)
+    save_figure(paths.figure(), plot_logit_lens(metrics))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    main()

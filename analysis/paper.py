@@ -1,0 +1,360 @@
+"""Build the Quarto manuscript paper/index.qmd without Quarto: HTML and PDF, offline.
+
+DVC stage `paper@<model>`. Reads paper/_quarto.yml, paper/index.qmd and the model's
+cached results under data/<model>/ (never a model: model loading is disabled in the
+kernel); writes paper/_build/<model>/index.html (self-contained) and index.pdf.
+
+    python -m analysis.paper --model smollm2-135m
+
+The manuscript stays a plain Quarto document (`quarto render paper/index.qmd -P
+model:gpt2-small` works where Quarto is installed). This builder supports the subset of
+Quarto that the manuscript uses, and rejects what it does not support:
+
+- Python cells (```{python}) with `#|` options: label, fig-cap, tbl-cap, echo, output
+  (true, false or asis), include, warning, tags. Defaults come from `execute:` in
+  _quarto.yml and the document's front matter.
+- A cell tagged `parameters`; the builder injects `model = "<model>"` after it, like
+  `quarto render -P model:<model>`.
+- Inline values: `{python} expr` between single backticks, rendered with str().
+- Figure and table cross-references: a cell labelled fig-* with fig-cap (one figure) or
+  tbl-* with tbl-cap (one markdown table); `@fig-x` and `@tbl-x` in the text become
+  numbered links. An unknown reference fails the build.
+- Front matter: title, subtitle, author, date, abstract (passed to pandoc); jupyter and
+  execute.
+
+Pipeline: qmd -> notebook (nbformat) -> executed in a fresh kernel (nbclient, cwd
+paper/) -> pandoc markdown -> HTML (pandoc, resources embedded, MathML) and typst
+(pandoc) -> PDF (typst, embedded fonts only, fixed timestamp). The same inputs give the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from analysis.artifacts import atomic_write_bytes
+from analysis.models import FORBID_ENV
+from analysis.params import exit_on_params_error, load_params
+
+PAPER_DIR = Path("paper")
+BUILD_DIR = PAPER_DIR / "_build"
+CELL_OPTIONS = {"label", "fig-cap", "tbl-cap", "echo", "output", "include", "warning", "tags"}
+INLINE = re.compile(r"`\{python\}\s+([^`]+?)`")
+CROSSREF = re.compile(r"(?<![\w@])@((?:fig|tbl)-[A-Za-z0-9_-]+)")
+INLINE_MIME = "application/x-inline-values+json"
+
+
+class PaperError(RuntimeError):
+    """The manuscript cannot be built; the message says where and why."""
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+@dataclass
+class Markdown:
+    text: str
+
+
+@dataclass
+class Code:
+    source: str
+    options: dict[str, Any]
+    line: int  # where the cell starts in the .qmd, for error messages
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Document:
+    meta: dict[str, Any]
+    chunks: list[Markdown | Code]
+
+
+def parse_qmd(text: str, name: str = "index.qmd") -> Document:
+    meta: dict[str, Any] = {}
+    lines = text.splitlines()
+    start = 0
+    if lines and lines[0].strip() == "---":
+        end = next((i for i in range(1, len(lines)) if lines[i].strip() == "---"), None)
+        if end is None:
+            raise PaperError(f"{name}: front matter opened with '---' is never closed")
+        meta = yaml.safe_load("\n".join(lines[1:end])) or {}
+        start = end + 1
+    chunks: list[Markdown | Code] = []
+    buffer: list[str] = []
+    i = start
+    while i < len(lines):
+        line = lines[i]
+        if re.fullmatch(r"```+\s*\{python\}\s*", line):
+            fence = line[: len(line) - len(line.lstrip("`"))]
+            close = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == fence), None)
+            if close is None:
+                raise PaperError(f"{name}:{i + 1}: python cell is never closed")
+            if buffer:
+                chunks.append(Markdown("\n".join(buffer)))
+                buffer = []
+            body = lines[i + 1 : close]
+            option_lines = []
+            while body and body[0].startswith("#|"):
+                option_lines.append(body.pop(0)[2:].strip())
+            options = yaml.safe_load("\n".join(option_lines)) or {} if option_lines else {}
+            unknown = set(options) - CELL_OPTIONS
+            if unknown:
+                raise PaperError(f"{name}:{i + 1}: unsupported cell option(s) {sorted(unknown)}; "
+                                 f"supported: {sorted(CELL_OPTIONS)}")
+            chunks.append(Code("\n".join(body).strip("\n"), options, i + 1))
+            i = close + 1
+            continue
+        buffer.append(line)
+        i += 1
+    if buffer:
+        chunks.append(Markdown("\n".join(buffer)))
+    return Document(meta, chunks)
+
+
+# --- execution -------------------------------------------------------------------------
+
+KERNEL_SETUP = f"""
+import os
+os.environ[{FORBID_ENV!r}] = "1"
+import io as _io
+import matplotlib as _mpl
+from matplotlib.figure import Figure as _Figure
+
+def _figure_svg(fig):
+    buffer = _io.BytesIO()
+    with _mpl.rc_context({{"svg.hashsalt": "arith-mismatch", "svg.fonttype": "path"}}):
+        fig.savefig(buffer, format="svg", metadata={{"Date": None, "Creator": None}}, bbox_inches="tight")
+    return buffer.getvalue().decode()
+
+_formatters = get_ipython().display_formatter.formatters
+_formatters["image/svg+xml"].for_type(_Figure, _figure_svg)
+_formatters["image/png"].pop(_Figure, None)
+del _formatters
+"""
+
+
+def _inline_cell(expressions: list[str]) -> str:
+    items = ", ".join(f"str({expr})" for expr in expressions)
+    return (f"from IPython.display import display as _display\n"
+            f"_display({{{INLINE_MIME!r}: [{items}]}}, raw=True)")
+
+
+def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> list[list[str]]:
+    """Run every cell in one fresh kernel; fill Code.outputs; return each Markdown chunk's inline values."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.v4.new_notebook()
+    cells: list[tuple[str, Code | Markdown | None]] = [(KERNEL_SETUP, None)]
+    for chunk in doc.chunks:
+        if isinstance(chunk, Code):
+            cells.append((chunk.source, chunk))
+            if "parameters" in (chunk.options.get("tags") or []):
+                cells.append((f"model = {model!r}", None))
+        else:
+            expressions = INLINE.findall(chunk.text)
+            if expressions:
+                cells.append((_inline_cell(expressions), chunk))
+    nb.cells = [nbformat.v4.new_code_cell(source) for source, _ in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+    repo_root = str(Path.cwd().resolve())
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))
+    os.environ["JUPYTER_PREFER_ENV_PATH"] = "1"  # the kernel of this venv, not a user-wide one
+    os.environ[FORBID_ENV] = "1"
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(paper_dir)}})
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        failed = next((i for i, cell in enumerate(nb.cells)
+                       if any(o.get("output_type") == "error" for o in cell.get("outputs", []))), None)
+        where = ""
+        if failed is not None and cells[failed][1] is not None:
+            chunk = cells[failed][1]
+            where = f" in the cell at index.qmd:{chunk.line}" if isinstance(chunk, Code) else " in an inline value"
+        error = next((o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"), {})
+        raise PaperError(f"the manuscript failed{where}: {error.get('ename', 'Error')}: {error.get('evalue', exc)}") from None
+
+    inline: dict[int, list[str]] = {}
+    for cell, (_, chunk) in zip(nb.cells, cells, strict=True):
+        if isinstance(chunk, Code) and cell.source == chunk.source:
+            chunk.outputs = [dict(o) for o in cell.outputs]
+        elif isinstance(chunk, Markdown):
+            values = [o["data"][INLINE_MIME] for o in cell.outputs if INLINE_MIME in o.get("data", {})]
+            inline[id(chunk)] = values[0] if values else []
+    return [inline.get(id(chunk), []) for chunk in doc.chunks if isinstance(chunk, Markdown)]
+
+
+# --- assembling markdown ---------------------------------------------------------------
+
+@dataclass
+class Numbering:
+    figures: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)
+
+    def add(self, label: str) -> int:
+        table = self.figures if label.startswith("fig-") else self.tables
+        if label in self.figures or label in self.tables:
+            raise PaperError(f"label {label!r} is used twice")
+        table[label] = len(table) + 1
+        return table[label]
+
+    def name(self, label: str) -> str:
+        if label in self.figures:
+            return f"Figure {self.figures[label]}"
+        if label in self.tables:
+            return f"Table {self.tables[label]}"
+        raise PaperError(f"@{label}: no cell has this label")
+
+
+def _option(chunk: Code, defaults: dict[str, Any], name: str, fallback: Any) -> Any:
+    return chunk.options.get(name, defaults.get(name, fallback))
+
+
+def _fenced(text: str, lang: str = "") -> str:
+    fence = "```"
+    while fence in text:
+        fence += "`"
+    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
+def render_code(chunk: Code, defaults: dict[str, Any], numbering: Numbering, fmt: str, figure_dir: Path) -> str:
+    if _option(chunk, defaults, "include", True) is False:
+        return ""
+    parts = []
+    if _option(chunk, defaults, "echo", True):
+        parts.append(_fenced(chunk.source, "python"))
+    output = _option(chunk, defaults, "output", True)
+    label = chunk.options.get("label", "")
+    if output is False:
+        return "\n\n".join(parts)
+    figures, tables = [], []
+    for out in chunk.outputs:
+        kind = out["output_type"]
+        if kind == "stream":
+            if out["name"] == "stderr" and not _option(chunk, defaults, "warning", True):
+                continue
+            parts.append(out["text"] if output == "asis" and out["name"] == "stdout" else _fenced(out["text"]))
+        elif kind in ("display_data", "execute_result"):
+            data = out["data"]
+            if "image/svg+xml" in data:
+                figures.append(data["image/svg+xml"])
+            elif "text/markdown" in data:
+                (tables if label.startswith("tbl-") else parts).append(data["text/markdown"])
+            elif "text/plain" in data:
+                parts.append(_fenced(data["text/plain"]))
+    where = f"index.qmd:{chunk.line}"
+    if label.startswith("fig-"):
+        if len(figures) != 1 or "fig-cap" not in chunk.options:
+            raise PaperError(f"{where}: a fig- cell needs a fig-cap and exactly one figure (got {len(figures)})")
+        number = numbering.add(label)
+        (figure_dir / f"{label}.svg").write_text(figures[0])
+        caption = chunk.options["fig-cap"] if fmt == "typst" else f"Figure {number}: {chunk.options['fig-cap']}"
+        parts.append(f"![{caption}]({figure_dir.name}/{label}.svg){{#{label}}}")
+    elif figures:
+        raise PaperError(f"{where}: a figure needs a fig- label and a fig-cap, so that it is numbered")
+    if label.startswith("tbl-"):
+        if len(tables) != 1 or "tbl-cap" not in chunk.options:
+            raise PaperError(f"{where}: a tbl- cell needs a tbl-cap and exactly one markdown table output")
+        number = numbering.add(label)
+        caption = chunk.options["tbl-cap"] if fmt == "typst" else f"Table {number}: {chunk.options['tbl-cap']}"
+        parts.append(f"[]{{#{label}}}\n\n{tables[0].strip()}\n\n: {caption}")
+    return "\n\n".join(p.strip("\n") for p in parts if p.strip())
+
+
+def assemble(doc: Document, inline: list[list[str]], defaults: dict[str, Any], fmt: str, figure_dir: Path) -> str:
+    numbering = Numbering()
+    blocks = []
+    markdown_index = 0
+    for chunk in doc.chunks:
+        if isinstance(chunk, Code):
+            blocks.append(render_code(chunk, defaults, numbering, fmt, figure_dir))
+            continue
+        values = iter(inline[markdown_index])
+        markdown_index += 1
+        blocks.append(INLINE.sub(lambda _: next(values), chunk.text))
+    body = "\n\n".join(b for b in blocks if b)
+    return CROSSREF.sub(lambda m: f"[{numbering.name(m.group(1))}](#{m.group(1)})", body)
+
+
+# --- rendering -------------------------------------------------------------------------
+
+def _pandoc_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    keep = {"title", "subtitle", "author", "date", "abstract"}
+    return {k: v for k, v in meta.items() if k in keep}
+
+
+def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Path | None, date: datetime) -> bytes:
+    import pypandoc
+
+    source = workdir / f"paper.{fmt}.md"
+    source.write_text("---\n" + yaml.safe_dump(_pandoc_meta(meta), sort_keys=True) + "---\n\n" + markdown)
+    if fmt == "html":
+        out = workdir / "index.html"
+        args = ["--standalone", "--embed-resources", "--mathml", "--toc", "--section-divs",
+                f"--resource-path={workdir}"]
+        if css:
+            args.append(f"--css={css.resolve()}")
+        pypandoc.convert_file(str(source), "html5", outputfile=str(out), extra_args=args)
+        return out.read_bytes()
+    import typst
+
+    typ = workdir / "index.typ"
+    pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=["--standalone"])
+    out = workdir / "index.pdf"
+    typst.compile(str(typ), output=str(out), root=str(workdir), ignore_system_fonts=True,
+                  timestamp=int(date.timestamp()))
+    return out.read_bytes()
+
+
+def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) -> tuple[Path, Path]:
+    with exit_on_params_error():
+        params = load_params()
+        params.model(model)
+    out_dir = out_dir or BUILD_DIR / model
+    project = yaml.safe_load((paper_dir / "_quarto.yml").read_text()) or {}
+    doc = parse_qmd((paper_dir / "index.qmd").read_text())
+    defaults = {**(project.get("execute") or {}), **(doc.meta.get("execute") or {})}
+    inline = execute(doc, model, paper_dir)
+    css = paper_dir / "style.css"
+    date = datetime.fromisoformat(params.paper.date)
+    outputs = {}
+    with tempfile.TemporaryDirectory(prefix="paper-") as tmp:
+        for fmt in ("html", "typst"):
+            workdir = Path(tmp) / fmt
+            (workdir / "figures").mkdir(parents=True)
+            markdown = assemble(doc, inline, defaults, fmt, workdir / "figures")
+            outputs[fmt] = render(markdown, doc.meta, fmt, workdir, css if css.is_file() else None, date)
+    html, pdf = out_dir / "index.html", out_dir / "index.pdf"
+    atomic_write_bytes(html, outputs["html"])
+    atomic_write_bytes(pdf, outputs["typst"])
+    return html, pdf
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis.paper", description="DVC stage paper@<model>")
+    parser.add_argument("--model", required=True, help="a model key from params.yaml")
+    args = parser.parse_args(argv)
+    try:
+        html, pdf = build(args.model)
+    except PaperError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(4) from None
+    print(f"wrote {html} and {pdf}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""params.yaml: its schema, and the one check every stage runs before any heavy work.
+
+`load_params()` reads the whole file and validates every section, whichever stage asks:
+a typo in a section that a later stage reads fails the first stage, not ten minutes in.
+Errors are raised as `ParamsError`, whose message names the field, the bad value and what
+is allowed; `exit_on_params_error` turns it into one message on stderr and exit status 2.
+
+    python -m analysis.params            # check params.yaml and exit
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+Text = Annotated[str, Field(strict=True)]
+
+
+class ParamsError(ValueError):
+    """A params.yaml field with a value the pipeline cannot use."""
+
+    def __init__(self, field: str, value: Any, allowed: str, source: Path = PARAMS_FILE):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{source}: {field} = {value!r}: {allowed}")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Shape(Section):
+    """The dimensions a model must have; checked before loading and again after."""
+
+    n_layers: PositiveInt
+    n_heads: PositiveInt
+    d_model: PositiveInt
+    d_vocab: PositiveInt
+
+
+class ModelParams(Section):
+    label: Text
+    source: Literal["gguf_wheel", "hub"]
+    package: Text | None = None
+    gguf_file: Text | None = None
+    hub_name: Text | None = None
+    prepend_bos: Annotated[bool, Field(strict=True)]
+    shape: Shape
+
+
+class Answers(Section):
+    correct: Text
+    misconception: Text
+
+
+class PromptParams(Section):
+    canonical: Text
+    control: Text
+    answers: Answers
+
+
+class LogitLensParams(Section):
+    top_k: PositiveInt
+
+
+class PaperParams(Section):
+    date: Text
+
+    @field_validator("date")
+    @classmethod
+    def _iso_date(cls, value: str) -> str:
+        datetime.fromisoformat(value)
+        return value
+
+
+class Params(Section):
+    seed: NonNegativeInt
+    models: dict[str, ModelParams]
+    prompt: PromptParams
+    logit_lens: LogitLensParams
+    paper: PaperParams
+
+    def model(self, key: str) -> ModelParams:
+        if key not in self.models:
+            raise ParamsError("models", key, f"unknown model; params.yaml declares {sorted(self.models)}")
+        return self.models[key]
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
+    """(field path, bad value, what is allowed) from one pydantic error."""
+    loc = [str(part) for part in error["loc"]]
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = ".".join(loc[:-1])
+        return ".".join(loc), error["input"], f"unknown field{' in ' + parent if parent else ''}; remove it or fix its name"
+    if kind == "missing":
+        return ".".join(loc), None, "missing; this field is required"
+    message = error["msg"].removeprefix("Value error, ")
+    return ".".join(loc), error.get("input"), message
+
+
+def _check_consistency(params: Params) -> None:
+    """Checks that span fields: what pydantic's per-field types cannot say."""
+    if not params.models:
+        raise ParamsError("models", {}, "declare at least one model")
+    for key, model in params.models.items():
+        field = f"models.{key}"
+        required = {"gguf_wheel": ("package", "gguf_file"), "hub": ("hub_name",)}[model.source]
+        for name in required:
+            if not getattr(model, name):
+                raise ParamsError(f"{field}.{name}", getattr(model, name),
+                                  f"required (a non-empty string) when source is {model.source!r}")
+
+    prompt = params.prompt
+    for name in ("canonical", "control"):
+        text = getattr(prompt, name)
+        if not text.strip():
+            raise ParamsError(f"prompt.{name}", text, "a non-empty prompt")
+        if not text.rstrip().endswith("="):
+            raise ParamsError(f"prompt.{name}", text, "a prompt that ends with its query, 'a + b ='")
+    answers = prompt.answers.model_dump()
+    for name, text in answers.items():
+        if not text.strip():
+            raise ParamsError(f"prompt.answers.{name}", text, "a non-empty answer string such as ' 10'")
+    if answers["correct"].strip() == answers["misconception"].strip():
+        raise ParamsError("prompt.answers.misconception", answers["misconception"],
+                          f"an answer different from prompt.answers.correct ({answers['correct']!r})")
+
+
+def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
+    """The whole params mapping, validated; raises ParamsError on the first problem."""
+    if not isinstance(raw, dict):
+        raise ParamsError("(top level)", raw, "a YAML mapping of sections", source)
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        field, value, allowed = _describe(exc.errors()[0])
+        raise ParamsError(field, value, allowed, source) from None
+    try:
+        _check_consistency(params)
+    except ParamsError as exc:
+        raise ParamsError(exc.field, exc.value, exc.allowed, source) from None
+    return params
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError("(file)", str(path), "params.yaml not found; run from the repository root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError("(file)", str(path), f"not valid YAML: {exc}") from None
+    return validate_params(raw, path)
+
+
+@contextmanager
+def exit_on_params_error() -> Iterator[None]:
+    """Turn a ParamsError into one line on stderr and exit status 2 (for main())."""
+    try:
+        yield
+    except ParamsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    with exit_on_params_error():
+        params = load_params()
+    print(f"{PARAMS_FILE}: valid ({', '.join(params.models)})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Formatting numbers and tokens for the manuscript's prose and tables.
+
+The paper's cells call these on values read from the results files, so that every number
+in the text is computed, and formatted the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def pct(p: float, digits: int = 1) -> str:
+    """0.8392 -> '83.9%'."""
+    return f"{100 * p:.{digits}f}%"
+
+
+def prob(p: float, sig: int = 2) -> str:
+    """A probability with `sig` significant digits; powers of ten below 0.001."""
+    if p == 0:
+        return "0"
+    if p >= 0.001:
+        decimals = max(sig - 1 - math.floor(math.log10(abs(p))), 0)
+        return f"{p:.{decimals}f}"
+    mantissa, exponent = f"{p:.{sig - 1}e}".split("e")
+    return f"{mantissa} × 10^{int(exponent)}^"
+
+
+def num(x: float, digits: int = 2) -> str:
+    return f"{x:.{digits}f}"
+
+
+def ci(low: float, high: float, fmt=pct) -> str:
+    """A 95% interval: '[12.0%, 15.5%]'."""
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def tok(token: str) -> str:
+    """A token as inline code with its quotes, so that spaces show: `' 6'`."""
+    text = "'" + token.replace("\n", "\\n") + "'"
+    fence = "``" if "`" in text else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def head(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def md_table(header: list[str], rows: list[list[object]], align: str | None = None) -> str:
+    """A pipe table in markdown; `align` is one of l, r, c per column."""
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = {"l": ":--", "r": "--:", "c": ":-:"}
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
