@@ -99,9 +99,9 @@ def parse_qmd(text: str, name: str = "index.qmd") -> Document:
             close = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == fence), None)
             if close is None:
                 raise PaperError(f"{name}:{i + 1}: python cell is never closed")
-            if buffer:
+            if "".join(buffer).strip():
                 chunks.append(Markdown("\n".join(buffer)))
-                buffer = []
+            buffer = []
             body = lines[i + 1 : close]
             option_lines = []
             while body and body[0].startswith("#|"):
@@ -116,7 +116,7 @@ def parse_qmd(text: str, name: str = "index.qmd") -> Document:
             continue
         buffer.append(line)
         i += 1
-    if buffer:
+    if "".join(buffer).strip():
         chunks.append(Markdown("\n".join(buffer)))
     return Document(meta, chunks)
 
@@ -271,7 +271,7 @@ def render_code(chunk: Code, defaults: dict[str, Any], numbering: Numbering, fmt
             raise PaperError(f"{where}: a tbl- cell needs a tbl-cap and exactly one markdown table output")
         number = numbering.add(label)
         caption = chunk.options["tbl-cap"] if fmt == "typst" else f"Table {number}: {chunk.options['tbl-cap']}"
-        parts.append(f"[]{{#{label}}}\n\n{tables[0].strip()}\n\n: {caption}")
+        parts.append(f"{tables[0].strip()}\n\n: {caption} {{#{label}}}")
     return "\n\n".join(p.strip("\n") for p in parts if p.strip())
 
 

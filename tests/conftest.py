@@ -1,0 +1,38 @@
+"""Shared fixtures: seeding for every test, and the bundled model loaded once per session."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # `import helpers`
+os.chdir(REPO)  # stages and params resolve paths from the repository root
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def params():
+    from analysis.params import load_params
+
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def smollm2(params):
+    """SmolLM2-135M-Instruct as the pipeline loads it (about 30 s cold, 5 s cached)."""
+    from analysis.models import load_model
+
+    return load_model("smollm2-135m", params, device="cpu")

@@ -1,0 +1,109 @@
+"""Builders for small test objects: tokenizers, tiny models, params, GPT-2's shape."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from analysis.params import Params, validate_params
+
+REPO = Path(__file__).resolve().parents[1]
+GPT2_TOKENIZER_DIR = REPO.parent / "shared" / "gpt2-tokenizer"
+CHARS = list("0123456789 +=.,abcdefghijklmnopqrstuvwxyz:\n")
+
+
+def base_params_dict() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def make_params(**overrides: Any) -> Params:
+    """params.yaml with dotted-path overrides: make_params(**{"logit_lens.top_k": 3})."""
+    raw = copy.deepcopy(base_params_dict())
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return validate_params(raw)
+
+
+def char_tokenizer(bos: bool = True):
+    """One token per character (like SmolLM2 for digits and spaces), saved and reloaded
+    so that transformer_lens can re-create it by name."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<bos>"]
+    vocab = {token: i for i, token in enumerate(specials + CHARS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>",
+                                        bos_token="<bos>" if bos else None, eos_token="<bos>", pad_token="<bos>")
+    folder = tempfile.mkdtemp(prefix="char-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tiny_model(tokenizer=None, n_layers: int = 2, d_model: int = 32, n_heads: int = 4, *,
+               normalization: str = "LN", prepend_bos: bool = True, seed: int = 0, attn_only: bool = False):
+    """A randomly initialised HookedTransformer small enough for unit tests."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tokenizer = tokenizer or char_tokenizer()
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+        d_mlp=None if attn_only else 4 * d_model, attn_only=attn_only,
+        n_ctx=128, d_vocab=len(tokenizer), act_fn="gelu_new", normalization_type=normalization,
+        default_prepend_bos=prepend_bos, seed=seed, device="cpu",
+    )
+    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    return model.eval()
+
+
+def gpt2_tokenizer():
+    """GPT-2's real tokenizer from ../shared (tests only); skip where it is absent."""
+    if not (GPT2_TOKENIZER_DIR / "vocab.json").is_file():
+        pytest.skip(f"GPT-2 tokenizer files not found at {GPT2_TOKENIZER_DIR} (they live beside the project, "
+                    "not in it; a user's clone has no ../shared)")
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(str(GPT2_TOKENIZER_DIR / "vocab.json"), str(GPT2_TOKENIZER_DIR / "merges.txt"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    folder = tempfile.mkdtemp(prefix="gpt2-tokenizer-")
+    tokenizer.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def random_gpt2_small():
+    """GPT-2 small's exact shape and real tokenizer, random weights: the gpt2-small code
+    path, offline. Weight processing as from_pretrained does it (fold LN, centre)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
+        act_fn="gelu_new", normalization_type="LN", original_architecture="GPT2LMHeadModel",
+        default_prepend_bos=True, seed=0, device="cpu",
+    )
+    model = HookedTransformer(cfg, tokenizer=gpt2_tokenizer(), move_to_device=False)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
+                                      center_unembed=True, fold_value_biases=True)
+    return model.eval()
+
+
+def prob_close(a: float, b: float, atol: float = 1e-6) -> bool:
+    return abs(a - b) <= atol
+
+
+def seed(value: int = 0) -> None:
+    torch.manual_seed(value)

@@ -1,0 +1,51 @@
+"""The bundled model: conversion parity, tokenization, and the logit lens on the real weights."""
+
+import pytest
+import torch
+
+from analysis import logit_lens
+from analysis.artifacts import StagePaths
+from analysis.models import load_gguf_hf
+from analysis.prompts import answer_logprobs, prepare_prompt
+
+
+def test_converted_model_matches_transformers_on_the_same_gguf(smollm2, params):
+    hf_model, tokenizer = load_gguf_hf(params.model("smollm2-135m"))
+    texts = ["1 + 1 = 2. 2 + 2 = 4. 5 + 5 =", "The capital of France is Paris, and the capital of Italy is"]
+    for text in texts:
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            ours = smollm2(ids)
+            theirs = hf_model(ids).logits
+        # transformer_lens centres the unembedding; logits agree up to a constant per position
+        ours, theirs = ours - ours.mean(-1, keepdim=True), theirs - theirs.mean(-1, keepdim=True)
+        assert (ours - theirs).abs().max().item() <= 1e-3
+
+
+def test_smollm2_splits_digits_so_the_space_joins_the_context(smollm2, params):
+    prepared = prepare_prompt(smollm2, params.prompt.canonical, params.prompt.answers.model_dump())
+    assert prepared.context == params.prompt.canonical + " "
+    assert prepared.answers["correct"].token_strs == ("1", "0")
+    assert prepared.answers["misconception"].token_strs == ("6",)
+    assert prepared.str_tokens[0] == "1"  # no BOS for this model
+
+
+def test_lens_at_the_last_layer_is_the_models_output(smollm2, params, tmp_path):
+    metrics = logit_lens.run(smollm2, params, "smollm2-135m", StagePaths("smollm2-135m", "logit_lens", root=tmp_path))
+    assert metrics.n_layers == 30
+    assert metrics.lens_vs_output_max_abs_diff < 1e-5
+    assert metrics.correct.prob_by_layer[-1] == pytest.approx(metrics.correct.final_prob, abs=1e-6)
+    # the model's top token is the one reported first, and it is a real probability
+    assert metrics.top_final[0].prob == pytest.approx(max(t.prob for t in metrics.top_final))
+    assert 0 < metrics.correct.answer_prob <= metrics.correct.final_prob + 1e-6
+
+
+def test_answer_probabilities_sum_over_the_next_token_to_one(smollm2, params):
+    prepared = prepare_prompt(smollm2, params.prompt.canonical, params.prompt.answers.model_dump())
+    with torch.no_grad():
+        probs = smollm2(prepared.tokens[None]).softmax(-1)[0, -1]
+    digits = [smollm2.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
+    one_digit = {d: probs[t].item() for d, t in zip(range(10), digits, strict=True)}
+    scores = answer_logprobs(smollm2, prepared)
+    assert scores["misconception"] == pytest.approx(torch.tensor(one_digit[6]).log().item(), abs=1e-5)
+    assert sum(one_digit.values()) <= 1.0

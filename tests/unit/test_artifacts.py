@@ -1,0 +1,92 @@
+"""Results files: deterministic bytes, atomic writes, schema checks on read."""
+
+import json
+import os
+
+import pytest
+import torch
+from pydantic import BaseModel
+
+from analysis import artifacts
+from analysis.artifacts import ArtifactError, load_json, load_tensors, save_json, save_tensors, to_json_bytes
+
+
+class Small(BaseModel):
+    name: str
+    values: list[float]
+
+
+def test_json_is_sorted_and_round_trips_floats_exactly():
+    obj = {"b": [0.1, 1 / 3], "a": {"z": 1, "y": 2.5e-10}}
+    data = to_json_bytes(obj)
+    assert data == to_json_bytes(dict(reversed(list(obj.items()))))
+    assert list(json.loads(data)) == ["a", "b"]
+    assert json.loads(data)["b"][1] == 1 / 3
+    assert data.endswith(b"\n")
+
+
+def test_json_refuses_non_finite_values():
+    with pytest.raises(ValueError, match=r"x\[1\]"):
+        to_json_bytes({"x": [1.0, float("nan")]})
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    save_json(path, {"v": 1})
+
+    def boom(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifacts.os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        save_json(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    path = tmp_path / "x.json"
+    save_json(path, {})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_schema_mismatch_names_the_file_and_field(tmp_path):
+    path = tmp_path / "m.json"
+    save_json(path, {"name": "x", "values": ["not a number"]})
+    with pytest.raises(ArtifactError, match=r"m.json: does not match the Small schema at values.0"):
+        load_json(path, Small)
+    with pytest.raises(ArtifactError, match="missing. Run `dvc pull`"):
+        load_json(tmp_path / "absent.json", Small)
+
+
+def test_truncated_tensor_file_is_reported(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, {"a": torch.arange(100.0)})
+    assert load_tensors(path, {"a": (100,)})["a"][7] == 7.0
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(ArtifactError, match="unreadable safetensors"):
+        load_tensors(path)
+
+
+def test_tensor_shape_is_checked(tmp_path):
+    path = tmp_path / "t.safetensors"
+    save_tensors(path, {"a": torch.zeros(3, 4)})
+    with pytest.raises(ArtifactError, match=r"shape \(3, 4\), expected \(4, 3\)"):
+        load_tensors(path, {"a": (4, 3)})
+
+
+def test_the_same_figure_gives_the_same_bytes(tmp_path):
+    from matplotlib.figure import Figure
+
+    def draw():
+        fig = Figure()
+        fig.subplots().plot([0, 1, 2], [2, 0, 1], label="x")
+        fig.axes[0].legend()
+        return fig
+
+    artifacts.save_figure(tmp_path / "a.svg", draw())
+    artifacts.save_figure(tmp_path / "b.svg", draw())
+    a, b = (tmp_path / "a.svg").read_bytes(), (tmp_path / "b.svg").read_bytes()
+    assert a == b and b"<dc:date>" not in a

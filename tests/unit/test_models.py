@@ -1,0 +1,60 @@
+"""Model loading: the hub path fails fast and clearly; no silent fallback; shapes checked."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import REPO, tiny_model
+
+from analysis.models import FORBID_ENV, ModelUnavailableError, check_shape, load_model
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """The hub 'unreachable': its endpoint points at a closed local port."""
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def test_gpt2_without_the_hub_fails_fast_naming_the_alternatives(no_hub, params):
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as error:
+        load_model("gpt2-small", params, device="cpu")
+    assert time.monotonic() - start < 30
+    message = str(error.value)
+    assert "gpt2-small" in message and "Hugging Face hub" in message
+    assert "`make`" in message and "`dvc pull`" in message and "smollm2-135m" in message
+
+
+def test_the_stage_exits_3_with_one_message_and_writes_nothing(no_hub, tmp_path):
+    import os
+
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": str(REPO)}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "analysis.logit_lens", "--model", "gpt2-small"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert time.monotonic() - start < 30
+    assert result.returncode == 3
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot load" in errors[0]
+    assert not (REPO / "data" / "gpt2-small").exists()
+
+
+def test_the_paper_environment_forbids_loading(monkeypatch, params):
+    monkeypatch.setenv(FORBID_ENV, "1")
+    with pytest.raises(ModelUnavailableError, match="disabled"):
+        load_model("smollm2-135m", params, device="cpu")
+
+
+def test_a_model_of_another_shape_is_refused(params):
+    model = tiny_model(n_layers=2)
+    with pytest.raises(ModelUnavailableError, match=r"declares \{'n_layers': 30"):
+        check_shape("smollm2-135m", model, params.model("smollm2-135m"))
+
+
+def test_an_unknown_model_key_is_a_params_error(params):
+    from analysis.params import ParamsError
+
+    with pytest.raises(ParamsError, match="unknown model"):
+        load_model("gpt5", params)
