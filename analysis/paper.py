@@ -304,7 +304,7 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
     source.write_text("---\n" + yaml.safe_dump(_pandoc_meta(meta), sort_keys=True) + "---\n\n" + markdown)
     if fmt == "html":
         out = workdir / "index.html"
-        args = ["--standalone", "--embed-resources", "--mathml", "--toc", "--section-divs",
+        args = ["--standalone", "--embed-resources", "--mathml", "--toc", "--section-divs", "--columns=1000",
                 f"--resource-path={workdir}"]
         if css:
             args.append(f"--css={css.resolve()}")
@@ -313,7 +313,7 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
     import typst
 
     typ = workdir / "index.typ"
-    pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=["--standalone"])
+    pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=["--standalone", "--columns=1000"])
     out = workdir / "index.pdf"
     typst.compile(str(typ), output=str(out), root=str(workdir), ignore_system_fonts=True,
                   timestamp=int(date.timestamp()))

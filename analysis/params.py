@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from analysis.prompts import parse_arithmetic
+
 PARAMS_FILE = Path("params.yaml")
 
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
@@ -48,6 +50,11 @@ class Shape(Section):
     d_vocab: PositiveInt
 
 
+class HeadRef(Section):
+    layer: NonNegativeInt
+    head: NonNegativeInt
+
+
 class ModelParams(Section):
     label: Text
     source: Literal["gguf_wheel", "hub"]
@@ -56,6 +63,7 @@ class ModelParams(Section):
     hub_name: Text | None = None
     prepend_bos: Annotated[bool, Field(strict=True)]
     shape: Shape
+    configured_head: HeadRef | None = None
 
 
 class Answers(Section):
@@ -69,7 +77,29 @@ class PromptParams(Section):
     answers: Answers
 
 
+class FamilyParams(Section):
+    n_prompts: Annotated[int, Field(strict=True, ge=2)]
+    n_shots: PositiveInt
+    max_operand: PositiveInt
+    seed: NonNegativeInt
+
+
+class StatsParams(Section):
+    bootstrap_resamples: Annotated[int, Field(strict=True, ge=100)]
+    ci_level: Annotated[float, Field(strict=True, gt=0, lt=1)]
+
+
 class LogitLensParams(Section):
+    top_k: PositiveInt
+
+
+class InductionParams(Section):
+    n_sequences: PositiveInt
+    half_length: Annotated[int, Field(strict=True, ge=2)]
+
+
+class HeadsParams(Section):
+    induction: InductionParams
     top_k: PositiveInt
 
 
@@ -87,7 +117,10 @@ class Params(Section):
     seed: NonNegativeInt
     models: dict[str, ModelParams]
     prompt: PromptParams
+    family: FamilyParams
+    stats: StatsParams
     logit_lens: LogitLensParams
+    heads: HeadsParams
     paper: PaperParams
 
     def model(self, key: str) -> ModelParams:
@@ -120,14 +153,30 @@ def _check_consistency(params: Params) -> None:
             if not getattr(model, name):
                 raise ParamsError(f"{field}.{name}", getattr(model, name),
                                   f"required (a non-empty string) when source is {model.source!r}")
+        shape = model.shape
+        if model.configured_head is not None:
+            head = model.configured_head
+            if head.layer >= shape.n_layers:
+                raise ParamsError(f"{field}.configured_head.layer", head.layer,
+                                  f"a layer in 0..{shape.n_layers - 1} ({key} has {shape.n_layers} layers)")
+            if head.head >= shape.n_heads:
+                raise ParamsError(f"{field}.configured_head.head", head.head,
+                                  f"a head in 0..{shape.n_heads - 1} ({key} has {shape.n_heads} heads per layer)")
+        if params.heads.top_k > shape.n_layers * shape.n_heads:
+            raise ParamsError("heads.top_k", params.heads.top_k,
+                              f"at most {shape.n_layers * shape.n_heads}, the number of heads of {key}")
 
     prompt = params.prompt
     for name in ("canonical", "control"):
         text = getattr(prompt, name)
-        if not text.strip():
-            raise ParamsError(f"prompt.{name}", text, "a non-empty prompt")
-        if not text.rstrip().endswith("="):
-            raise ParamsError(f"prompt.{name}", text, "a prompt that ends with its query, 'a + b ='")
+        try:
+            parsed = parse_arithmetic(text)
+        except ValueError as exc:
+            raise ParamsError(f"prompt.{name}", text, f"examples 'a + b = c.' then the query 'x + y =' ({exc})") from None
+        if name == "canonical" and not parsed.shots:
+            raise ParamsError("prompt.canonical", text, "at least one solved example before the query")
+        if name == "control" and parsed.shots:
+            raise ParamsError("prompt.control", text, "the query alone, with no examples (e.g. '5 + 5 =')")
     answers = prompt.answers.model_dump()
     for name, text in answers.items():
         if not text.strip():
@@ -135,6 +184,9 @@ def _check_consistency(params: Params) -> None:
     if answers["correct"].strip() == answers["misconception"].strip():
         raise ParamsError("prompt.answers.misconception", answers["misconception"],
                           f"an answer different from prompt.answers.correct ({answers['correct']!r})")
+    family = params.family
+    if family.max_operand > 99:
+        raise ParamsError("family.max_operand", family.max_operand, "an operand bound in 1..99")
 
 
 def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:

@@ -18,6 +18,8 @@ begins "1", "11", ...), which is why whole-answer scores are reported beside it.
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -111,3 +113,96 @@ def answer_logprobs(model, prepared: PreparedPrompt) -> dict[str, float]:
         targets = ids[start + 1 : start + 1 + n]
         scores[name] = logprobs[start : start + n].gather(-1, targets[:, None]).sum().item()
     return scores
+
+
+# --- arithmetic prompts: "a + b = c. ... x + y =" --------------------------------------
+
+PROMPT_PATTERN = re.compile(r"^(?:(\d+) \+ (\d+) = (\d+)\. )*(\d+) \+ (\d+) =$")
+SHOT_PATTERN = re.compile(r"(\d+) \+ (\d+) = (\d+)\.")
+
+
+@dataclass(frozen=True)
+class ArithmeticPrompt:
+    """Few-shot addition in the study's format: solved examples, then the query."""
+
+    shots: tuple[tuple[int, int], ...]
+    query: tuple[int, int]
+
+    @property
+    def text(self) -> str:
+        solved = [f"{a} + {b} = {a + b}." for a, b in self.shots]
+        return " ".join([*solved, f"{self.query[0]} + {self.query[1]} ="])
+
+    @property
+    def answer(self) -> int:
+        return sum(self.query)
+
+    @property
+    def shot_answers(self) -> tuple[int, ...]:
+        return tuple(a + b for a, b in self.shots)
+
+    def shot_answer_spans(self) -> list[tuple[int, int]]:
+        """Character span of each example's answer in `text`."""
+        spans, offset = [], 0
+        for a, b in self.shots:
+            head = f"{a} + {b} = "
+            spans.append((offset + len(head), offset + len(head) + len(str(a + b))))
+            offset += len(f"{a} + {b} = {a + b}. ")
+        return spans
+
+    def query_operand_spans(self) -> list[tuple[int, int]]:
+        start = len(self.text) - len(f"{self.query[0]} + {self.query[1]} =")
+        a, b = (str(x) for x in self.query)
+        return [(start, start + len(a)), (start + len(a) + 3, start + len(a) + 3 + len(b))]
+
+
+def parse_arithmetic(text: str) -> ArithmeticPrompt:
+    """The inverse of ArithmeticPrompt.text; ValueError if `text` is not in that format."""
+    if not PROMPT_PATTERN.match(text):
+        raise ValueError(f"{text!r} is not of the form 'a + b = c. ... x + y ='")
+    shots = []
+    for a, b, c in SHOT_PATTERN.findall(text):
+        if int(a) + int(b) != int(c):
+            raise ValueError(f"{text!r}: the example {a} + {b} = {c} is wrong")
+        shots.append((int(a), int(b)))
+    x, y = re.search(r"(\d+) \+ (\d+) =$", text).groups()
+    return ArithmeticPrompt(tuple(shots), (int(x), int(y)))
+
+
+def few_shot_family(n_prompts: int, n_shots: int, max_operand: int, seed: int) -> list[ArithmeticPrompt]:
+    """Seeded few-shot prompts with operands in 0..max_operand, distinct from one another.
+
+    The query's answer begins with a different digit from every example's answer, so that
+    copying an earlier answer and answering correctly lead to different first tokens, on
+    any tokenizer.
+    """
+    rng = random.Random(seed)
+    prompts: list[ArithmeticPrompt] = []
+    seen = set()
+    while len(prompts) < n_prompts:
+        shots = tuple((rng.randint(0, max_operand), rng.randint(0, max_operand)) for _ in range(n_shots))
+        query = (rng.randint(0, max_operand), rng.randint(0, max_operand))
+        prompt = ArithmeticPrompt(shots, query)
+        if prompt.text in seen or any(str(s)[0] == str(prompt.answer)[0] for s in prompt.shot_answers):
+            continue
+        seen.add(prompt.text)
+        prompts.append(prompt)
+    return prompts
+
+
+def token_positions(model, prepared: PreparedPrompt, spans: list[tuple[int, int]]) -> list[list[int]]:
+    """For each character span of the context, the positions of the tokens that overlap it."""
+    encoded = model.tokenizer(prepared.context, add_special_tokens=False, return_offsets_mapping=True)
+    offset = len(prepared.tokens) - len(encoded["input_ids"])  # BOS, if any
+    if encoded["input_ids"] != prepared.tokens[offset:].tolist():
+        raise ValueError(f"re-tokenizing {prepared.context!r} does not give the prepared tokens")
+    return [[offset + i for i, (s, e) in enumerate(encoded["offset_mapping"]) if s < end and e > start]
+            for start, end in spans]
+
+
+def group_by_length(items: list[PreparedPrompt]) -> dict[int, list[int]]:
+    """Indices of prompts with the same token count: each group runs as one batch, unpadded."""
+    groups: dict[int, list[int]] = {}
+    for i, prepared in enumerate(items):
+        groups.setdefault(len(prepared.tokens), []).append(i)
+    return dict(sorted(groups.items()))

@@ -28,3 +28,19 @@ def test_logit_lens_stage_runs_on_gpt2_shape(gpt2_random, params, tmp_path):
     assert metrics.misconception.answer_prob == pytest.approx(metrics.misconception.final_prob, rel=1e-4)
     assert metrics.lens_vs_output_max_abs_diff < 1e-5
     assert paths.figure().is_file()
+
+
+def test_heads_stage_runs_on_gpt2_shape_and_reports_l8h6(gpt2_random, tmp_path):
+    from helpers import make_params
+
+    from analysis import heads
+
+    params = make_params(**{"family.n_prompts": 4, "stats.bootstrap_resamples": 200,
+                            "heads.induction.n_sequences": 4})
+    metrics = heads.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "heads", root=tmp_path))
+    assert (metrics.n_layers, metrics.n_heads) == (12, 12)
+    assert (metrics.configured_head.layer, metrics.configured_head.head) == (8, 6)
+    assert 1 <= metrics.configured_head.rank_by_family_attention <= 144
+    assert len(metrics.configured_head.to_each_operand) == 2
+    assert [8, 6] == metrics.figure_heads[0]
+    assert sum(metrics.dla_parts.values()) == pytest.approx(metrics.dla_total, abs=1e-3)

@@ -49,3 +49,21 @@ def test_answer_probabilities_sum_over_the_next_token_to_one(smollm2, params):
     scores = answer_logprobs(smollm2, prepared)
     assert scores["misconception"] == pytest.approx(torch.tensor(one_digit[6]).log().item(), abs=1e-5)
     assert sum(one_digit.values()) <= 1.0
+
+
+def test_heads_stage_on_the_real_model(smollm2, params, tmp_path):
+    from helpers import make_params
+
+    from analysis import heads
+
+    small = make_params(**{"family.n_prompts": 8, "stats.bootstrap_resamples": 200,
+                           "heads.induction.n_sequences": 8})
+    metrics = heads.run(smollm2, small, "smollm2-135m", StagePaths("smollm2-135m", "heads", root=tmp_path))
+    assert sum(metrics.dla_parts.values()) == pytest.approx(metrics.dla_total, abs=1e-3)
+    assert metrics.dla_total == pytest.approx(
+        torch.tensor(metrics.dla).sum().item() + sum(v for k, v in metrics.dla_parts.items() if k != "heads"), abs=1e-3)
+    # a pretrained 30-layer model has clear induction heads; random weights would not
+    assert metrics.top_induction_head.induction_score > 0.5
+    attention = torch.tensor(metrics.context_answer_attention)
+    assert 0 <= attention.min() and attention.max() <= 1
+    assert metrics.configured_head is None  # none named for this model in params.yaml

@@ -22,7 +22,11 @@ pytestmark = pytest.mark.pipeline
 
 MODEL = "smollm2-135m"
 # Sizes for the test run: the same code paths as `make`, less work.
-SMALL: dict[str, object] = {}
+SMALL: dict[str, object] = {
+    "family.n_prompts": 16,
+    "stats.bootstrap_resamples": 500,
+    "heads.induction.n_sequences": 8,
+}
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -106,7 +110,7 @@ def test_a_second_repro_does_nothing(workspace):
 def test_forced_reruns_of_figure_and_paper_stages_are_byte_identical(workspace):
     repo = workspace["repo"]
     before = outputs(repo)
-    for stage in (f"logit_lens@{MODEL}", f"paper@{MODEL}"):
+    for stage in (f"logit_lens@{MODEL}", f"heads@{MODEL}", f"paper@{MODEL}"):
         run(["dvc", "repro", "--force", "--single-item", stage], repo)
     assert outputs(repo) == before
 

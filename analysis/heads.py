@@ -1,0 +1,484 @@
+"""Attention heads (the study's Figures 2 and 5): which heads copy the context's answers.
+
+DVC stage `heads@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
+stats, heads]; writes data/<model>/heads.safetensors, data/<model>/metrics/heads.json
+and data/<model>/figures/heads_*.svg.
+
+Every head is measured, and the data name the heads:
+- induction and previous-token scores, on repeated random token sequences (the standard
+  test: in the second copy, attention to the token after the current token's first
+  occurrence; and attention to the previous token);
+- context-answer attention: at the final position, the attention paid to the tokens of
+  each earlier example's answer, on the canonical prompt and on a seeded family of
+  few-shot prompts (mean and 95% bootstrap interval over prompts);
+- direct logit attribution (DLA): each head's output at the final position, scaled by the
+  final norm's scale as cached in the forward pass, projected on the unembedding
+  direction of logit(misconception) - logit(correct). On the family, the same for
+  logit(previous example's answer) - logit(correct): how much a head pushes the copy.
+
+    python -m analysis.heads --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.params import Params
+from analysis.plotting import COLORS, styled
+from analysis.prompts import (
+    PreparedPrompt,
+    few_shot_family,
+    group_by_length,
+    parse_arithmetic,
+    prepare_prompt,
+    token_positions,
+)
+from analysis.stage import run_stage
+from analysis.stats import bootstrap_ci
+
+STAGE = "heads"
+
+
+# --- compute ---------------------------------------------------------------------------
+
+def _pattern_hooks(model, store: dict[int, Tensor], reduce):
+    """Forward hooks that keep reduce(pattern) of every layer; pattern is (batch, head, q, k)."""
+    def hook(pattern, hook):
+        store[hook.layer()] = reduce(pattern)
+    return [(f"blocks.{layer}.attn.hook_pattern", hook) for layer in range(model.cfg.n_layers)]
+
+
+def ordinary_token_ids(model) -> Int[Tensor, "n"]:
+    special = set(model.tokenizer.all_special_ids)
+    return torch.tensor([i for i in range(model.cfg.d_vocab) if i not in special])
+
+
+@torch.no_grad()
+def compute_induction_scores(model, n_sequences: int, half_length: int, seed: int
+                             ) -> tuple[Float[Tensor, "layer head"], Float[Tensor, "layer head"]]:
+    """(induction score, previous-token score) of every head on repeated random tokens.
+
+    Each sequence is [BOS] + r + r for r of `half_length` random ordinary tokens. A query
+    at position q in the second copy has its key `half_length - 1` back: the token after
+    the first occurrence of the token at q. The previous-token score is the attention from
+    every token but the first to the token just before it.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    vocab = ordinary_token_ids(model)
+    random_half = vocab[torch.randint(len(vocab), (n_sequences, half_length), generator=generator)]
+    tokens = torch.cat([random_half, random_half], dim=1)
+    start = 0
+    if model.cfg.default_prepend_bos:
+        tokens = torch.cat([torch.full((n_sequences, 1), model.tokenizer.bos_token_id), tokens], dim=1)
+        start = 1
+    induction: dict[int, Tensor] = {}
+    previous: dict[int, Tensor] = {}
+
+    def reduce(pattern: Tensor) -> Tensor:
+        ind = pattern.diagonal(offset=-(half_length - 1), dim1=-2, dim2=-1)  # (batch, head, q') for q = q' + half - 1
+        second_copy = ind[..., start + 1:]  # queries q >= start + half_length
+        prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., start:]  # queries q >= start + 1
+        return torch.stack([second_copy.mean(dim=(0, 2)), prev.mean(dim=(0, 2))])
+
+    store: dict[int, Tensor] = {}
+    model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=_pattern_hooks(model, store, reduce))
+    for layer, value in store.items():
+        induction[layer], previous[layer] = value[0].cpu(), value[1].cpu()
+    layers = range(model.cfg.n_layers)
+    return torch.stack([induction[l] for l in layers]), torch.stack([previous[l] for l in layers])
+
+
+@dataclass(frozen=True)
+class FinalAttention:
+    to_shot_answers: Float[Tensor, "batch layer head shot"]  # summed over each answer's tokens
+    to_query_operands: Float[Tensor, "batch layer head operand"]
+
+
+@torch.no_grad()
+def compute_final_attention(model, tokens: Int[Tensor, "batch pos"], shot_positions: list[list[list[int]]],
+                            operand_positions: list[list[list[int]]]) -> FinalAttention:
+    """Attention from the final position to each example's answer and each query operand.
+
+    All prompts in the batch have the same length; positions are per prompt.
+    """
+    store: dict[int, Tensor] = {}
+    model.run_with_hooks(tokens.to(model.cfg.device),
+                         fwd_hooks=_pattern_hooks(model, store, lambda p: p[:, :, -1, :].cpu()))
+    final = torch.stack([store[l] for l in range(model.cfg.n_layers)], dim=1)  # (batch, layer, head, key)
+
+    def gather(positions: list[list[list[int]]]) -> Tensor:
+        return torch.stack([
+            torch.stack([final[b][..., span].sum(-1) for span in spans], dim=-1)
+            for b, spans in enumerate(positions)
+        ])
+
+    return FinalAttention(gather(shot_positions), gather(operand_positions))
+
+
+@dataclass(frozen=True)
+class HeadAttribution:
+    per_head: Float[Tensor, "batch layer head"]  # each head's direct effect on the logit difference
+    mlp: Float[Tensor, "batch layer"]
+    attn_bias: Float[Tensor, "batch layer"]  # b_O of each layer, not owned by any head
+    embed: Float[Tensor, "batch"]  # token (and learned position) embeddings
+    unembed_bias: Float[Tensor, "batch"]
+    total: Float[Tensor, "batch"]  # the model's own logit difference
+
+    def parts_sum(self) -> Float[Tensor, "batch"]:
+        return (self.per_head.sum((1, 2)) + self.mlp.sum(1) + self.attn_bias.sum(1)
+                + self.embed + self.unembed_bias)
+
+
+def _dla_hooks(name: str) -> bool:
+    return name.endswith(("attn.hook_z", "hook_mlp_out", "hook_embed", "hook_pos_embed", "ln_final.hook_scale"))
+
+
+@torch.no_grad()
+def compute_head_dla(model, tokens: Int[Tensor, "batch pos"], plus_ids: Int[Tensor, "batch"],
+                     minus_ids: Int[Tensor, "batch"]) -> HeadAttribution:
+    """Direct logit attribution of every head to logit(plus) - logit(minus), final position.
+
+    The final residual stream is the sum of the heads' outputs (z @ W_O), the attention and
+    MLP outputs' other parts and the embeddings. Each part goes through the final norm with
+    the scale of the actual forward pass (transformer_lens' apply_ln_to_stack), then onto
+    the unembedding direction W_U[:, plus] - W_U[:, minus]. The parts add up to the model's
+    logit difference. Heads are computed at the final position only.
+    """
+    logits, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=_dla_hooks)
+    n_layers = model.cfg.n_layers
+    batch = torch.arange(len(tokens))
+    plus_ids, minus_ids = plus_ids.to(logits.device), minus_ids.to(logits.device)
+    total = logits[batch, -1, plus_ids] - logits[batch, -1, minus_ids]
+    direction = model.tokens_to_residual_directions(plus_ids) - model.tokens_to_residual_directions(minus_ids)
+    direction = direction.reshape(len(tokens), -1)  # (batch, d_model)
+
+    def attribute(stack: Float[Tensor, "... batch d_model"]) -> Float[Tensor, "... batch"]:
+        scaled = cache.apply_ln_to_stack(stack, layer=-1, pos_slice=-1)
+        return (scaled * direction).sum(-1)
+
+    z = torch.stack([cache[f"blocks.{layer}.attn.hook_z"][:, -1] for layer in range(n_layers)])
+    heads = torch.einsum("lbhd,lhdm->lhbm", z, model.W_O)  # (layer, head, batch, d_model)
+    mlp = torch.stack([cache[f"blocks.{layer}.hook_mlp_out"][:, -1] for layer in range(n_layers)])
+    embed = cache["hook_embed"][:, -1]
+    if "hook_pos_embed" in cache:
+        embed = embed + cache["hook_pos_embed"][:, -1]
+    attn_bias = model.b_O[:, None, :].expand(n_layers, len(tokens), -1)
+    return HeadAttribution(
+        per_head=attribute(heads).permute(2, 0, 1).cpu(),
+        mlp=attribute(mlp).T.cpu(),
+        attn_bias=attribute(attn_bias).T.cpu(),
+        embed=attribute(embed).cpu(),
+        unembed_bias=(model.b_U[plus_ids] - model.b_U[minus_ids]).cpu(),
+        total=total.cpu(),
+    )
+
+
+# --- results ---------------------------------------------------------------------------
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Interval(Schema):
+    mean: list[list[float]]
+    low: list[list[float]]
+    high: list[list[float]]
+    n_prompts: int
+
+
+class HeadSummary(Schema):
+    layer: int
+    head: int
+    context_answer_attention: float  # canonical prompt, to the previous example's answer
+    family_mean: float
+    family_low: float
+    family_high: float
+    induction_score: float
+    prev_token_score: float
+    dla: float  # canonical: logit(misconception) - logit(correct)
+    copy_dla_family_mean: float  # family: logit(previous answer) - logit(correct)
+
+
+class ConfiguredHead(Schema):
+    layer: int
+    head: int
+    to_previous_answer: float  # canonical prompt, final position
+    to_current_operands: float  # both operands of the query, summed
+    to_each_operand: list[float]
+    rank_by_family_attention: int  # 1 = the strongest head
+
+
+class HeadsMetrics(Schema):
+    model: str
+    n_layers: int
+    n_heads: int
+    prompt: str
+    control_prompt: str
+    prompt_tokens: list[str]
+    control_tokens: list[str]
+    induction_score: list[list[float]]
+    prev_token_score: list[list[float]]
+    context_answer_attention: list[list[float]]
+    context_answer_attention_by_shot: list[list[list[float]]]  # (layer, head, shot), canonical
+    context_answer_attention_family: Interval
+    dla: list[list[float]]
+    dla_total: float  # the model's logit(misconception) - logit(correct)
+    dla_parts: dict[str, float]  # heads, mlp, attn_bias, embed, unembed_bias: they sum to dla_total
+    copy_dla_family: Interval
+    top_heads: list[HeadSummary]
+    top_dla_heads: list[HeadSummary]  # the heads that push the misconception most (canonical DLA)
+    top_induction_head: HeadSummary
+    configured_head: ConfiguredHead | None
+    figure_heads: list[list[int]]  # the heads drawn in Figures 2 and 5, [layer, head]
+    family_examples: list[str]
+
+
+# --- stage -----------------------------------------------------------------------------
+
+def _prepare_family(model, params: Params) -> tuple[list, list[PreparedPrompt]]:
+    family = few_shot_family(params.family.n_prompts, params.family.n_shots,
+                             params.family.max_operand, params.family.seed)
+    prepared = [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
+                for p in family]
+    return family, prepared
+
+
+def _final_attention_of(model, prompts, prepared: list[PreparedPrompt]) -> FinalAttention:
+    parts: dict[int, FinalAttention] = {}
+    for _, indices in group_by_length(prepared).items():
+        tokens = torch.stack([prepared[i].tokens for i in indices])
+        shots = [token_positions(model, prepared[i], prompts[i].shot_answer_spans()) for i in indices]
+        operands = [token_positions(model, prepared[i], prompts[i].query_operand_spans()) for i in indices]
+        result = compute_final_attention(model, tokens, shots, operands)
+        for j, i in enumerate(indices):
+            parts[i] = FinalAttention(result.to_shot_answers[j], result.to_query_operands[j])
+    return FinalAttention(torch.stack([parts[i].to_shot_answers for i in range(len(prepared))]),
+                          torch.stack([parts[i].to_query_operands for i in range(len(prepared))]))
+
+
+def _copy_dla_of(model, prepared: list[PreparedPrompt]) -> Tensor:
+    per_prompt: dict[int, Tensor] = {}
+    for _, indices in group_by_length(prepared).items():
+        tokens = torch.stack([prepared[i].tokens for i in indices])
+        plus = torch.tensor([prepared[i].answers["copy"].first_token_id for i in indices])
+        minus = torch.tensor([prepared[i].answers["correct"].first_token_id for i in indices])
+        result = compute_head_dla(model, tokens, plus, minus)
+        for j, i in enumerate(indices):
+            per_prompt[i] = result.per_head[j]
+    return torch.stack([per_prompt[i] for i in range(len(prepared))])
+
+
+def _patterns(model, tokens: Tensor) -> Tensor:
+    store: dict[int, Tensor] = {}
+    with torch.no_grad():
+        model.run_with_hooks(tokens[None].to(model.cfg.device),
+                             fwd_hooks=_pattern_hooks(model, store, lambda p: p[0].cpu()))
+    return torch.stack([store[l] for l in range(model.cfg.n_layers)])  # (layer, head, q, k)
+
+
+def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
+    spec, settings = params.model(key), params.heads
+    answers = params.prompt.answers.model_dump()
+    canonical = parse_arithmetic(params.prompt.canonical)
+    control = parse_arithmetic(params.prompt.control)
+    prepared = prepare_prompt(model, canonical.text, answers)
+    prepared_control = prepare_prompt(model, control.text, answers)
+
+    induction, previous = compute_induction_scores(model, settings.induction.n_sequences,
+                                                   settings.induction.half_length, params.seed)
+    canon_attn = _final_attention_of(model, [canonical], [prepared])
+    dla = compute_head_dla(model, prepared.tokens[None],
+                           torch.tensor([prepared.answers["misconception"].first_token_id]),
+                           torch.tensor([prepared.answers["correct"].first_token_id]))
+    family, family_prepared = _prepare_family(model, params)
+    family_attn = _final_attention_of(model, family, family_prepared)
+    family_prev = family_attn.to_shot_answers[..., -1]  # (prompt, layer, head)
+    copy_dla = _copy_dla_of(model, family_prepared)
+    seed, n_boot, level = params.seed, params.stats.bootstrap_resamples, params.stats.ci_level
+    fam_low, fam_high = bootstrap_ci(family_prev, n_boot, seed, level)
+    copy_low, copy_high = bootstrap_ci(copy_dla, n_boot, seed, level)
+    fam_mean, copy_mean = family_prev.mean(0), copy_dla.mean(0)
+
+    canon_prev = canon_attn.to_shot_answers[0, ..., -1]
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+
+    def summary(layer: int, head: int) -> HeadSummary:
+        return HeadSummary(
+            layer=layer, head=head,
+            context_answer_attention=canon_prev[layer, head].item(),
+            family_mean=fam_mean[layer, head].item(),
+            family_low=fam_low[layer, head].item(), family_high=fam_high[layer, head].item(),
+            induction_score=induction[layer, head].item(), prev_token_score=previous[layer, head].item(),
+            dla=dla.per_head[0, layer, head].item(),
+            copy_dla_family_mean=copy_mean[layer, head].item(),
+        )
+
+    order = fam_mean.flatten().argsort(descending=True)
+    ranked = [divmod(int(i), n_heads) for i in order]
+    top = [summary(layer, head) for layer, head in ranked[: settings.top_k]]
+    top_induction = summary(*divmod(int(induction.flatten().argmax()), n_heads))
+    by_dla = dla.per_head[0].flatten().argsort(descending=True)[: settings.top_k]
+    top_dla = [summary(*divmod(int(i), n_heads)) for i in by_dla]
+    configured = None
+    if spec.configured_head is not None:
+        layer, head = spec.configured_head.layer, spec.configured_head.head
+        to_operands = canon_attn.to_query_operands[0, layer, head]
+        configured = ConfiguredHead(
+            layer=layer, head=head,
+            to_previous_answer=canon_prev[layer, head].item(),
+            to_current_operands=to_operands.sum().item(),
+            to_each_operand=to_operands.tolist(),
+            rank_by_family_attention=ranked.index((layer, head)) + 1,
+        )
+    figure_heads = []
+    for pair in ([[configured.layer, configured.head]] if configured else []) + \
+            [[top_induction.layer, top_induction.head], [top[0].layer, top[0].head]]:
+        if pair not in figure_heads:
+            figure_heads.append(pair)
+
+    def interval(mean: Tensor, low: Tensor, high: Tensor) -> Interval:
+        return Interval(mean=mean.tolist(), low=low.tolist(), high=high.tolist(), n_prompts=len(family))
+
+    metrics = HeadsMetrics(
+        model=key, n_layers=n_layers, n_heads=n_heads,
+        prompt=prepared.context, control_prompt=prepared_control.context,
+        prompt_tokens=list(prepared.str_tokens), control_tokens=list(prepared_control.str_tokens),
+        induction_score=induction.tolist(), prev_token_score=previous.tolist(),
+        context_answer_attention=canon_prev.tolist(),
+        context_answer_attention_by_shot=canon_attn.to_shot_answers[0].tolist(),
+        context_answer_attention_family=interval(fam_mean, fam_low, fam_high),
+        dla=dla.per_head[0].tolist(), dla_total=dla.total[0].item(),
+        dla_parts={"heads": dla.per_head[0].sum().item(), "mlp": dla.mlp[0].sum().item(),
+                   "attn_bias": dla.attn_bias[0].sum().item(), "embed": dla.embed[0].item(),
+                   "unembed_bias": dla.unembed_bias[0].item()},
+        copy_dla_family=interval(copy_mean, copy_low, copy_high),
+        top_heads=top, top_dla_heads=top_dla, top_induction_head=top_induction, configured_head=configured,
+        figure_heads=figure_heads, family_examples=[p.text for p in family[:3]],
+    )
+    save_tensors(paths.tensors, {
+        "induction_score": induction, "prev_token_score": previous,
+        "family_prev_answer_attention": family_prev, "family_copy_dla": copy_dla,
+        "dla": dla.per_head[0], "pattern_canonical": _patterns(model, prepared.tokens),
+        "pattern_control": _patterns(model, prepared_control.tokens),
+    })
+    save_json(paths.metrics, metrics)
+    tensors = load_tensors(paths.tensors)
+    save_figure(paths.figure("heads_scores"), plot_head_scores(metrics))
+    save_figure(paths.figure("heads_patterns"), plot_attention_patterns(metrics, tensors))
+    save_figure(paths.figure("heads_control"), plot_control_comparison(metrics, tensors))
+    return metrics
+
+
+def load_results(paths: StagePaths) -> tuple[HeadsMetrics, dict[str, Tensor]]:
+    metrics = load_json(paths.metrics, HeadsMetrics)
+    shape = (metrics.n_layers, metrics.n_heads)
+    tensors = load_tensors(paths.tensors, {"induction_score": shape, "dla": shape, "pattern_canonical": 4,
+                                           "pattern_control": 4})
+    return metrics, tensors
+
+
+# --- figures ---------------------------------------------------------------------------
+
+def _heatmap(ax, values, title: str, cmap: str, symmetric: bool = False, fig=None):
+    values = torch.as_tensor(values).numpy()
+    limit = float(abs(values).max()) if symmetric else None
+    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest",
+                      vmin=-limit if symmetric else 0, vmax=limit if symmetric else None)
+    ax.set_title(title)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+
+
+@styled
+def plot_head_scores(metrics: HeadsMetrics):
+    """Layer x head maps: induction, previous-token, context-answer attention, DLA."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 5.6), layout="constrained")
+    axes = fig.subplots(2, 2).flatten()
+    _heatmap(axes[0], metrics.induction_score, "induction score", "Greens", fig=fig)
+    _heatmap(axes[1], metrics.prev_token_score, "previous-token score", "Purples", fig=fig)
+    _heatmap(axes[2], metrics.context_answer_attention_family.mean,
+             f"attention to the previous answer\n(family mean, n = {metrics.context_answer_attention_family.n_prompts})",
+             "Reds", fig=fig)
+    _heatmap(axes[3], metrics.dla, "DLA: logit(misconception) - logit(correct)\n(canonical prompt)",
+             "RdBu_r", symmetric=True, fig=fig)
+    for head in metrics.top_heads[:3]:
+        axes[2].scatter([head.head], [head.layer], s=60, facecolors="none", edgecolors="black", linewidths=1)
+    return fig
+
+
+def _pattern_axes(ax, pattern: Tensor, tokens: list[str], title: str, fig, show_keys: bool = True):
+    image = ax.imshow(pattern.numpy(), cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
+    labels = [t.replace(" ", "␣") or "∅" for t in tokens]
+    ax.set_yticks(range(len(tokens)), labels, fontsize=6)
+    ax.set_xticks(range(len(tokens)), labels if show_keys else [], fontsize=6, rotation=90)
+    ax.set_title(title, fontsize=8)
+    ax.grid(False)
+    return image
+
+
+def _head_title(metrics: HeadsMetrics, layer: int, head: int) -> str:
+    roles = []
+    if metrics.configured_head and (metrics.configured_head.layer, metrics.configured_head.head) == (layer, head):
+        roles.append("named in params")
+    if (metrics.top_induction_head.layer, metrics.top_induction_head.head) == (layer, head):
+        roles.append("top induction")
+    if (metrics.top_heads[0].layer, metrics.top_heads[0].head) == (layer, head):
+        roles.append("top context-answer")
+    return f"L{layer}H{head} ({', '.join(roles)})"
+
+
+@styled
+def plot_attention_patterns(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
+    """Figure 2: attention patterns (query x key) on the canonical prompt, token labels."""
+    from matplotlib.figure import Figure
+
+    heads = metrics.figure_heads
+    fig = Figure(figsize=(3.3 * len(heads), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(heads), squeeze=False)[0]
+    for ax, (layer, head) in zip(axes, heads, strict=True):
+        image = _pattern_axes(ax, tensors["pattern_canonical"][layer, head], metrics.prompt_tokens,
+                              _head_title(metrics, layer, head), fig)
+        ax.set_xlabel("key")
+    axes[0].set_ylabel("query")
+    fig.colorbar(image, ax=list(axes), shrink=0.7, label="attention")
+    return fig
+
+
+@styled
+def plot_control_comparison(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
+    """Figure 5 (attention half): final-position attention, canonical prompt against control."""
+    from matplotlib.figure import Figure
+
+    heads = metrics.figure_heads
+    fig = Figure(figsize=(6.8, 1.9 * len(heads)), layout="constrained")
+    axes = fig.subplots(len(heads), 2, squeeze=False, gridspec_kw={"width_ratios": [3, 1]})
+    for row, (layer, head) in enumerate(heads):
+        for col, (name, tokens) in enumerate((("canonical", metrics.prompt_tokens),
+                                              ("control", metrics.control_tokens))):
+            ax = axes[row, col]
+            final = tensors[f"pattern_{name}"][layer, head, len(tokens) - 1, : len(tokens)]
+            ax.bar(range(len(tokens)), final.numpy(), color=COLORS["misconception" if col == 0 else "control"])
+            ax.set_xticks(range(len(tokens)), [t.replace(" ", "␣") for t in tokens], fontsize=6, rotation=90)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{_head_title(metrics, layer, head)}: canonical prompt" if col == 0 else "control prompt",
+                         fontsize=8)
+        axes[row, 0].set_ylabel("attention from\nfinal position")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    main()
