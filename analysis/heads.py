@@ -251,7 +251,7 @@ def _prepare_family(model, params: Params) -> tuple[list, list[PreparedPrompt]]:
 
 def _final_attention_of(model, prompts, prepared: list[PreparedPrompt]) -> FinalAttention:
     parts: dict[int, FinalAttention] = {}
-    for _, indices in group_by_length(prepared).items():
+    for _, indices in group_by_length([len(p.tokens) for p in prepared]).items():
         tokens = torch.stack([prepared[i].tokens for i in indices])
         shots = [token_positions(model, prepared[i], prompts[i].shot_answer_spans()) for i in indices]
         operands = [token_positions(model, prepared[i], prompts[i].query_operand_spans()) for i in indices]
@@ -264,7 +264,7 @@ def _final_attention_of(model, prompts, prepared: list[PreparedPrompt]) -> Final
 
 def _copy_dla_of(model, prepared: list[PreparedPrompt]) -> Tensor:
     per_prompt: dict[int, Tensor] = {}
-    for _, indices in group_by_length(prepared).items():
+    for _, indices in group_by_length([len(p.tokens) for p in prepared]).items():
         tokens = torch.stack([prepared[i].tokens for i in indices])
         plus = torch.tensor([prepared[i].answers["copy"].first_token_id for i in indices])
         minus = torch.tensor([prepared[i].answers["correct"].first_token_id for i in indices])

@@ -26,7 +26,8 @@ from torch import Tensor
 from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, quote_token, styled
-from analysis.prompts import PreparedPrompt, answer_logprobs, prepare_prompt
+from analysis.prompts import PreparedPrompt, prepare_prompt
+from analysis.scoring import score_answers
 from analysis.stage import run_stage
 
 STAGE = "logit_lens"
@@ -61,7 +62,7 @@ class CandidateLens(Schema):
     first_token_id: int
     prob_by_layer: list[float]
     final_prob: float  # the model's own output probability of first_token
-    answer_prob: float  # P(whole answer string | context), teacher-forced
+    answer_prob: float  # P(the answer is exactly this number | context): its tokens, then no further digit
     peak_layer: int
 
 
@@ -164,7 +165,9 @@ def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
     spec = params.model(key)
     prepared = prepare_prompt(model, params.prompt.canonical, params.prompt.answers.model_dump())
     lens = compute_logit_lens(model, prepared.tokens[None])
-    answer_probs = {name: math.exp(lp) for name, lp in answer_logprobs(model, prepared).items()}
+    names = list(prepared.answers)
+    scores = score_answers(model, [prepared.tokens] * len(names), [prepared.answers[n].token_ids for n in names])
+    answer_probs = {name: math.exp(lp) for name, lp in zip(names, scores.logprob.tolist(), strict=True)}
     metrics = summarize(key, spec.label, prepared, lens, answer_probs, params.logit_lens.top_k,
                         decode=lambda i: model.tokenizer.decode([i]))
     save_tensors(paths.tensors, {

@@ -103,6 +103,15 @@ class HeadsParams(Section):
     top_k: PositiveInt
 
 
+class BehaviourParams(Section):
+    max_operand: PositiveInt
+    n_shots: PositiveInt
+    n_contexts: PositiveInt
+    context_seed: NonNegativeInt
+    max_answer_tokens: PositiveInt
+    neutral_contexts: Annotated[list[Text], Field(min_length=1)]
+
+
 class PaperParams(Section):
     date: Text
 
@@ -121,6 +130,7 @@ class Params(Section):
     stats: StatsParams
     logit_lens: LogitLensParams
     heads: HeadsParams
+    behaviour: BehaviourParams
     paper: PaperParams
 
     def model(self, key: str) -> ModelParams:
@@ -184,9 +194,22 @@ def _check_consistency(params: Params) -> None:
     if answers["correct"].strip() == answers["misconception"].strip():
         raise ParamsError("prompt.answers.misconception", answers["misconception"],
                           f"an answer different from prompt.answers.correct ({answers['correct']!r})")
-    family = params.family
-    if family.max_operand > 99:
-        raise ParamsError("family.max_operand", family.max_operand, "an operand bound in 1..99")
+    for name, text in answers.items():
+        if not text.strip().isdigit():
+            raise ParamsError(f"prompt.answers.{name}", text, "a number written as text, such as ' 10'")
+    for section in ("family", "behaviour"):
+        bound = getattr(params, section).max_operand
+        if bound > 99:
+            raise ParamsError(f"{section}.max_operand", bound, "an operand bound in 1..99")
+    behaviour = params.behaviour
+    digits = len(str(2 * behaviour.max_operand))
+    if behaviour.max_answer_tokens < digits + 1:
+        raise ParamsError("behaviour.max_answer_tokens", behaviour.max_answer_tokens,
+                          f"at least {digits + 1}: answers up to {2 * behaviour.max_operand} can take {digits} "
+                          "digit tokens, and one more shows where the number ends")
+    for i, text in enumerate(behaviour.neutral_contexts):
+        if not text.strip() or "=" in text:
+            raise ParamsError(f"behaviour.neutral_contexts[{i}]", text, "a non-empty text that asks for no sum")
 
 
 def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:

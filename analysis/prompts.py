@@ -4,7 +4,8 @@ Answers are strings (" 10", " 6"), and tokenizers split them differently: GPT-2 
 single tokens " 6" and " 10"; SmolLM2 splits " 10" into " ", "1", "0". Two rules:
 
 1. Whole answers are scored as strings: the sum of the log-probabilities of the answer's
-   tokens under teacher forcing (`answer_logprobs`).
+   tokens under teacher forcing, and the probability that the number ends there
+   (analysis/scoring.py).
 2. Where an analysis needs one token per answer (the logit lens, logit differences), the
    tokens that all candidates share after the prompt are moved into the context, and
    each candidate is represented by its first distinguishing token. For SmolLM2 the
@@ -101,20 +102,6 @@ def prepare_prompt(model, prompt: str, answers: Mapping[str, str]) -> PreparedPr
     )
 
 
-@torch.no_grad()
-def answer_logprobs(model, prepared: PreparedPrompt) -> dict[str, float]:
-    """log P(answer | context) for each whole answer: its tokens' log-probs, teacher-forced."""
-    scores = {}
-    for name, answer in prepared.answers.items():
-        ids = torch.cat([prepared.tokens, torch.tensor(answer.token_ids)]).to(model.cfg.device)
-        logprobs = model(ids[None]).log_softmax(-1)[0]
-        n = len(answer.token_ids)
-        start = len(prepared.tokens) - 1  # the logits at position p predict token p + 1
-        targets = ids[start + 1 : start + 1 + n]
-        scores[name] = logprobs[start : start + n].gather(-1, targets[:, None]).sum().item()
-    return scores
-
-
 # --- arithmetic prompts: "a + b = c. ... x + y =" --------------------------------------
 
 PROMPT_PATTERN = re.compile(r"^(?:(\d+) \+ (\d+) = (\d+)\. )*(\d+) \+ (\d+) =$")
@@ -200,9 +187,9 @@ def token_positions(model, prepared: PreparedPrompt, spans: list[tuple[int, int]
             for start, end in spans]
 
 
-def group_by_length(items: list[PreparedPrompt]) -> dict[int, list[int]]:
-    """Indices of prompts with the same token count: each group runs as one batch, unpadded."""
+def group_by_length(lengths: list[int]) -> dict[int, list[int]]:
+    """Indices of sequences with the same token count: each group runs as one batch, unpadded."""
     groups: dict[int, list[int]] = {}
-    for i, prepared in enumerate(items):
-        groups.setdefault(len(prepared.tokens), []).append(i)
+    for i, length in enumerate(lengths):
+        groups.setdefault(length, []).append(i)
     return dict(sorted(groups.items()))

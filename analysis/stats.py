@@ -23,3 +23,30 @@ def bootstrap_ci(values: Float[Tensor, "n *rest"], n_resamples: int, seed: int,
     alpha = (1 - level) / 2
     bounds = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
     return bounds[0].to(values.dtype), bounds[1].to(values.dtype)
+
+
+def cluster_bootstrap(values: Float[Tensor, "cluster item"], mask: Tensor | None, n_resamples: int, seed: int,
+                      level: float = 0.95) -> tuple[float | None, float | None, float | None, int]:
+    """(mean, low, high, n) of the masked values, with a two-stage percentile bootstrap.
+
+    Clusters (e.g. few-shot contexts) are resampled with replacement, then items (e.g.
+    a + b pairs) within each drawn cluster, so the interval carries both sources of
+    variation. With one cluster this is the ordinary bootstrap over items. An empty mask
+    gives (None, None, None, 0).
+    """
+    values = values.double()
+    mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+    n = int(mask.sum())
+    if n == 0:
+        return None, None, None, 0
+    mean = values[mask].mean().item()
+    generator = torch.Generator().manual_seed(seed)
+    n_clusters, n_items = values.shape
+    clusters = torch.randint(n_clusters, (n_resamples, n_clusters), generator=generator)
+    items = torch.randint(n_items, (n_resamples, n_clusters, n_items), generator=generator)
+    drawn = values[clusters[..., None], items]  # (resample, cluster, item)
+    weight = mask[clusters[..., None], items].double()
+    means = (drawn * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1)
+    alpha = (1 - level) / 2
+    low, high = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
+    return mean, low, high, n

@@ -6,7 +6,8 @@ import torch
 from analysis import logit_lens
 from analysis.artifacts import StagePaths
 from analysis.models import load_gguf_hf
-from analysis.prompts import answer_logprobs, prepare_prompt
+from analysis.prompts import prepare_prompt
+from analysis.scoring import score_answers
 
 
 def test_converted_model_matches_transformers_on_the_same_gguf(smollm2, params):
@@ -46,8 +47,10 @@ def test_answer_probabilities_sum_over_the_next_token_to_one(smollm2, params):
         probs = smollm2(prepared.tokens[None]).softmax(-1)[0, -1]
     digits = [smollm2.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)]
     one_digit = {d: probs[t].item() for d, t in zip(range(10), digits, strict=True)}
-    scores = answer_logprobs(smollm2, prepared)
-    assert scores["misconception"] == pytest.approx(torch.tensor(one_digit[6]).log().item(), abs=1e-5)
+    names = list(prepared.answers)
+    scores = score_answers(smollm2, [prepared.tokens] * 2, [prepared.answers[n].token_ids for n in names])
+    misconception = scores.token_logprob[names.index("misconception")].item()
+    assert misconception == pytest.approx(torch.tensor(one_digit[6]).log().item(), abs=1e-5)
     assert sum(one_digit.values()) <= 1.0
 
 
@@ -67,3 +70,21 @@ def test_heads_stage_on_the_real_model(smollm2, params, tmp_path):
     attention = torch.tensor(metrics.context_answer_attention)
     assert 0 <= attention.min() and attention.max() <= 1
     assert metrics.configured_head is None  # none named for this model in params.yaml
+
+
+def test_behaviour_stage_on_the_real_model(smollm2, tmp_path):
+    from helpers import make_params
+
+    from analysis import behaviour
+
+    small = make_params(**{"behaviour.max_operand": 5, "behaviour.n_contexts": 2, "stats.bootstrap_resamples": 200})
+    metrics = behaviour.run(smollm2, small, "smollm2-135m", StagePaths("smollm2-135m", "behaviour", root=tmp_path))
+    study = metrics.conditions["study_context"]
+    # measured on this model: after the study's examples it answers 5 + 5 with 10
+    assert study.items["5 + 5"].answers == [10]
+    assert study.items["5 + 5"].p_correct > 0.5
+    for condition in metrics.conditions.values():
+        e = condition.accuracy["all"]
+        assert e.low <= e.mean <= e.high and e.n == 36 * condition.n_contexts
+    prior = metrics.frequency.prior
+    assert 0 < sum(prior) < 1  # probabilities of 11 exact numbers, not a distribution over them

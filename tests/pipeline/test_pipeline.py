@@ -26,6 +26,8 @@ SMALL: dict[str, object] = {
     "family.n_prompts": 16,
     "stats.bootstrap_resamples": 500,
     "heads.induction.n_sequences": 8,
+    "behaviour.n_contexts": 2,
+    "behaviour.max_operand": 6,
 }
 
 
@@ -110,7 +112,7 @@ def test_a_second_repro_does_nothing(workspace):
 def test_forced_reruns_of_figure_and_paper_stages_are_byte_identical(workspace):
     repo = workspace["repo"]
     before = outputs(repo)
-    for stage in (f"logit_lens@{MODEL}", f"heads@{MODEL}", f"paper@{MODEL}"):
+    for stage in (f"logit_lens@{MODEL}", f"heads@{MODEL}", f"behaviour@{MODEL}", f"paper@{MODEL}"):
         run(["dvc", "repro", "--force", "--single-item", stage], repo)
     assert outputs(repo) == before
 

@@ -36,8 +36,8 @@ def test_stage_writes_metrics_that_match_the_tensors(tmp_path):
     assert len(loaded.top_final) == 4
     torch.testing.assert_close(tensors["lens_probs"][:, 1], torch.tensor(loaded.misconception.prob_by_layer))
     assert abs(loaded.correct.prob_by_layer[-1] - loaded.correct.final_prob) < 1e-6
-    # the answer '6' is a single token here, so its whole-answer and first-token probabilities agree
-    assert abs(loaded.misconception.answer_prob - loaded.misconception.final_prob) < 1e-6
+    # '6' is a single token here: the exact answer is that token, then no further digit
+    assert 0 < loaded.misconception.answer_prob < loaded.misconception.final_prob
     assert loaded.lens_vs_output_max_abs_diff < 1e-6
     assert paths.figure().read_bytes().startswith(b"<?xml")
 

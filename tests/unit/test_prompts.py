@@ -1,10 +1,9 @@
 """Answer preparation and scoring, on a character tokenizer and on GPT-2's real tokenizer."""
 
 import pytest
-import torch
 from helpers import char_tokenizer, gpt2_tokenizer, tiny_model
 
-from analysis.prompts import answer_logprobs, prepare_prompt
+from analysis.prompts import few_shot_family, parse_arithmetic, prepare_prompt, token_positions
 
 ANSWERS = {"correct": " 10", "misconception": " 6"}
 PROMPT = "1 + 1 = 2. 2 + 2 = 4. 5 + 5 ="
@@ -42,16 +41,30 @@ def test_an_answer_that_is_a_prefix_of_another_is_rejected():
         prepare_prompt(model, PROMPT, {"correct": " 10", "misconception": " 1"})
 
 
-def test_whole_answer_score_is_the_teacher_forced_sum_of_token_logprobs():
-    model = tiny_model(char_tokenizer(), seed=3)
-    prepared = prepare_prompt(model, PROMPT, ANSWERS)
-    scores = answer_logprobs(model, prepared)
-    ids = prepared.tokens.tolist()
-    expected = 0.0
-    for token in prepared.answers["correct"].token_ids:  # '1' then '0', one forward pass each
-        with torch.no_grad():
-            logprobs = model(torch.tensor([ids])).log_softmax(-1)[0, -1]
-        expected += logprobs[token].item()
-        ids.append(token)
-    assert scores["correct"] == pytest.approx(expected, abs=1e-5)
-    assert scores["correct"] < 0 and scores["misconception"] < 0
+def test_arithmetic_prompts_round_trip_and_locate_their_answers():
+    prompt = parse_arithmetic(PROMPT)
+    assert prompt.shots == ((1, 1), (2, 2)) and prompt.query == (5, 5) and prompt.text == PROMPT
+    assert [PROMPT[a:b] for a, b in prompt.shot_answer_spans()] == ["2", "4"]
+    assert [PROMPT[a:b] for a, b in prompt.query_operand_spans()] == ["5", "5"]
+    for bad in ("1 + 1 = 3. 5 + 5 =", "5 + 5", "1 + 1 = 2. 5 + 5 = 10", "five + 5 ="):
+        with pytest.raises(ValueError):
+            parse_arithmetic(bad)
+
+
+def test_the_family_is_seeded_and_keeps_copy_and_answer_apart():
+    family = few_shot_family(40, 2, 9, seed=3)
+    assert [p.text for p in family] == [p.text for p in few_shot_family(40, 2, 9, seed=3)]
+    assert [p.text for p in family] != [p.text for p in few_shot_family(40, 2, 9, seed=4)]
+    assert len({p.text for p in family}) == 40
+    for p in family:
+        assert len(p.shots) == 2 and all(0 <= x <= 9 for pair in (*p.shots, p.query) for x in pair)
+        assert all(str(s)[0] != str(p.answer)[0] for s in p.shot_answers)
+        assert parse_arithmetic(p.text) == p
+
+
+def test_token_positions_follow_the_answers_through_multi_token_numbers():
+    model = tiny_model(gpt2_tokenizer(), d_model=16, n_heads=2, n_layers=1)
+    prompt = parse_arithmetic("7 + 8 = 15. 2 + 2 = 4. 5 + 5 =")
+    prepared = prepare_prompt(model, prompt.text, ANSWERS)
+    spans = token_positions(model, prepared, prompt.shot_answer_spans())
+    assert [[prepared.str_tokens[i] for i in s] for s in spans] == [[" 15"], [" 4"]]

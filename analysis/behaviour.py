@@ -1,0 +1,382 @@
+"""Behaviour across single-digit addition (the study's Figures 6 and 8).
+
+DVC stage `behaviour@<model>`. Reads params.yaml [seed, models.<model>, prompt, stats,
+behaviour]; writes data/<model>/behaviour.safetensors,
+data/<model>/metrics/behaviour.json and data/<model>/figures/behaviour_*.svg.
+
+For every pair a + b with a, b in 0..max_operand, in three conditions:
+- zero_shot: "a + b =" alone;
+- few_shot: after k solved examples, in each of n seeded contexts (the same contexts for
+  every pair, so each pair appears exactly once per context);
+- study_context: after the canonical prompt's own examples ("1 + 1 = 2. 2 + 2 = 4.").
+
+Per prompt: the model's answer (greedy decoding, read as a number), whether it is right,
+and the error probability 1 - P(exactly the right number) from whole-answer scoring.
+Wrong answers are classified, not exclusively: a copy of an answer in the context, the
+continuation of the context answers' arithmetic sequence (the study's explanation, "2, 4,
+then 6"), an operand, off by one, or none of these. Each class rate comes with the rate a
+uniformly random wrong number in 0..2*max_operand would have.
+
+Frequency bias: the probability of each number as a whole answer after neutral contexts
+that ask for no sum (the model's prior over numbers), against its probability as the
+answer to the canonical query zero-shot and few-shot.
+
+    python -m analysis.behaviour --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.params import Params
+from analysis.plotting import COLORS, styled
+from analysis.prompts import ArithmeticPrompt, PreparedPrompt, parse_arithmetic, prepare_prompt
+from analysis.scoring import continues_number, score_and_read, score_answers
+from analysis.stage import run_stage
+from analysis.stats import cluster_bootstrap
+
+STAGE = "behaviour"
+CONDITIONS = ("zero_shot", "few_shot", "study_context")
+CLASSES = ("copy", "sequence", "operand", "off_by_one", "other")
+DIGITS = {f"digit_{d}": f" {d}" for d in range(10)}  # fixes where every numeric answer starts
+
+
+def all_pairs(max_operand: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+
+
+def few_shot_contexts(n_contexts: int, n_shots: int, max_operand: int, seed: int) -> list[tuple[tuple[int, int], ...]]:
+    rng = random.Random(seed)
+    return [tuple((rng.randint(0, max_operand), rng.randint(0, max_operand)) for _ in range(n_shots))
+            for _ in range(n_contexts)]
+
+
+def condition_prompts(contexts: list[tuple[tuple[int, int], ...]], max_operand: int) -> list[list[ArithmeticPrompt]]:
+    """prompts[context][pair]: every pair once per context, pairs in all_pairs order."""
+    return [[ArithmeticPrompt(shots, pair) for pair in all_pairs(max_operand)] for shots in contexts]
+
+
+def prepare_query(model, prompt: ArithmeticPrompt) -> PreparedPrompt:
+    """The context (prompt plus whatever every number shares) and the right answer's tokens."""
+    return prepare_prompt(model, prompt.text, {**DIGITS, "correct": f" {prompt.answer}"})
+
+
+# --- classifying wrong answers ---------------------------------------------------------
+
+def sequence_next(answers: tuple[int, ...]) -> int | None:
+    """The next term of the context answers' arithmetic sequence (2, 4 -> 6), if two or more."""
+    if len(answers) < 2:
+        return None
+    return answers[-1] + (answers[-1] - answers[-2])
+
+
+def classify(answer: int | None, prompt: ArithmeticPrompt) -> dict[str, bool]:
+    """Which explanations fit a wrong answer; several can fit at once."""
+    if answer is None:
+        labels = dict.fromkeys(CLASSES[:-1], False)
+    else:
+        labels = {
+            "copy": answer in prompt.shot_answers,
+            "sequence": answer == sequence_next(prompt.shot_answers),
+            "operand": answer in prompt.query,
+            "off_by_one": abs(answer - prompt.answer) == 1,
+        }
+    labels["other"] = not any(labels.values())
+    return labels
+
+
+def chance_rates(prompt: ArithmeticPrompt, max_answer: int) -> dict[str, float]:
+    """Class rates of a wrong answer drawn uniformly from 0..max_answer (not the right one)."""
+    wrong = [n for n in range(max_answer + 1) if n != prompt.answer]
+    counts = dict.fromkeys(CLASSES, 0)
+    for n in wrong:
+        for name, fits in classify(n, prompt).items():
+            counts[name] += fits
+    return {name: count / len(wrong) for name, count in counts.items()}
+
+
+# --- compute ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConditionData:
+    prompts: list[list[ArithmeticPrompt]]  # (context, pair)
+    answers: Int[Tensor, "context pair"]  # the model's greedy answer, -1 where not a number
+    texts: list[list[str]]
+    p_correct: Float[Tensor, "context pair"]  # P(exactly the right number)
+
+
+@torch.no_grad()
+def compute_condition(model, prompts: list[list[ArithmeticPrompt]], max_answer_tokens: int,
+                      continuing: Tensor) -> ConditionData:
+    """Greedy answers and right-answer probabilities of every prompt, batched."""
+    flat = [p for row in prompts for p in row]
+    prepared = [prepare_query(model, p) for p in flat]
+    contexts = [p.tokens for p in prepared]
+    scores, numbers, texts = score_and_read(model, contexts, [p.answers["correct"].token_ids for p in prepared],
+                                            max_answer_tokens, continuing=continuing)
+    shape = (len(prompts), len(prompts[0]))
+    answers = torch.tensor([-1 if n is None else n for n in numbers]).reshape(shape)
+    grid_texts = [texts[i * shape[1] : (i + 1) * shape[1]] for i in range(shape[0])]
+    return ConditionData(prompts, answers, grid_texts, scores.logprob.exp().reshape(shape))
+
+
+@torch.no_grad()
+def compute_number_probs(model, contexts: list[str], numbers: list[int], continuing: Tensor) -> Float[Tensor, "context number"]:
+    """P(exactly the number n) as the continuation of each context, for every n."""
+    prepared = [prepare_prompt(model, text, {**DIGITS, **{f"n{n}": f" {n}" for n in numbers}}) for text in contexts]
+    flat_contexts = [p.tokens for p in prepared for _ in numbers]
+    flat_answers = [p.answers[f"n{n}"].token_ids for p in prepared for n in numbers]
+    scores = score_answers(model, flat_contexts, flat_answers, continuing=continuing)
+    return scores.logprob.exp().reshape(len(contexts), len(numbers))
+
+
+# --- results ---------------------------------------------------------------------------
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Estimate(Schema):
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+class Item(Schema):
+    prompt: str
+    answers: list[int | None]  # per context
+    accuracy: float
+    p_correct: float  # mean over contexts
+
+
+class ConditionResult(Schema):
+    description: str
+    n_contexts: int
+    n_shots: int
+    example_prompt: str
+    accuracy: dict[str, Estimate]  # all, carry, no_carry
+    error_prob: dict[str, Estimate]
+    n_wrong: int
+    n_non_numeric: int
+    classes: dict[str, Estimate]  # rate among wrong answers, per class (not exclusive)
+    chance: dict[str, float]  # the same rates for uniformly random wrong answers
+    items: dict[str, Item]  # the study's examples: "5 + 5", "9 + 9"
+
+
+class FrequencyResult(Schema):
+    numbers: list[int]
+    neutral_contexts: list[str]
+    prior: list[float]  # mean over neutral contexts of P(number)
+    prior_by_context: list[list[float]]
+    zero_shot: list[float]  # P(number) after the control prompt
+    few_shot: list[float]  # P(number) after the canonical prompt
+    zero_shot_prompt: str
+    few_shot_prompt: str
+    misconception: int
+    correct: int
+
+
+class BehaviourMetrics(Schema):
+    model: str
+    max_operand: int
+    n_pairs: int
+    conditions: dict[str, ConditionResult]
+    frequency: FrequencyResult
+
+
+def _estimate(values: Tensor, mask: Tensor | None, params: Params) -> Estimate:
+    mean, low, high, n = cluster_bootstrap(values, mask, params.stats.bootstrap_resamples, params.seed,
+                                           params.stats.ci_level)
+    return Estimate(mean=mean, low=low, high=high, n=n)
+
+
+def summarize_condition(data: ConditionData, description: str, params: Params) -> ConditionResult:
+    prompts = data.prompts
+    answers_true = torch.tensor([[p.answer for p in row] for row in prompts])
+    correct = (data.answers == answers_true).double()
+    carry = answers_true >= 10
+    splits = {"all": None, "carry": carry, "no_carry": ~carry}
+    wrong = correct == 0
+    labels = {name: torch.zeros(correct.shape, dtype=torch.double) for name in CLASSES}
+    chance = dict.fromkeys(CLASSES, 0.0)
+    max_answer = 2 * params.behaviour.max_operand
+    for c, row in enumerate(prompts):
+        for i, prompt in enumerate(row):
+            if wrong[c, i]:
+                answer = int(data.answers[c, i])
+                for name, fits in classify(None if answer < 0 else answer, prompt).items():
+                    labels[name][c, i] = float(fits)
+                for name, rate in chance_rates(prompt, max_answer).items():
+                    chance[name] += rate
+    n_wrong = int(wrong.sum())
+    items = {}
+    for a, b in ((5, 5), (9, 9)):
+        if max(a, b) <= params.behaviour.max_operand:
+            index = all_pairs(params.behaviour.max_operand).index((a, b))
+            column = data.answers[:, index].tolist()
+            items[f"{a} + {b}"] = Item(prompt=prompts[0][index].text, answers=[None if x < 0 else x for x in column],
+                                       accuracy=correct[:, index].mean().item(),
+                                       p_correct=data.p_correct[:, index].mean().item())
+    return ConditionResult(
+        description=description,
+        n_contexts=len(prompts), n_shots=len(prompts[0][0].shots), example_prompt=prompts[0][0].text,
+        accuracy={k: _estimate(correct, m, params) for k, m in splits.items()},
+        error_prob={k: _estimate(1 - data.p_correct.double(), m, params) for k, m in splits.items()},
+        n_wrong=n_wrong, n_non_numeric=int(((data.answers < 0) & wrong).sum()),
+        classes={name: _estimate(values, wrong, params) for name, values in labels.items()},
+        chance={name: total / max(n_wrong, 1) for name, total in chance.items()},
+        items=items,
+    )
+
+
+def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
+    settings = params.behaviour
+    continuing = continues_number(model)
+    canonical = parse_arithmetic(params.prompt.canonical)
+    contexts = {
+        "zero_shot": [()],
+        "few_shot": few_shot_contexts(settings.n_contexts, settings.n_shots, settings.max_operand, settings.context_seed),
+        "study_context": [canonical.shots],
+    }
+    descriptions = {
+        "zero_shot": "the query alone",
+        "few_shot": f"{settings.n_shots} random solved examples, {settings.n_contexts} seeded contexts",
+        "study_context": "the canonical prompt's examples",
+    }
+    results, tensors = {}, {}
+    for name in CONDITIONS:
+        data = compute_condition(model, condition_prompts(contexts[name], settings.max_operand),
+                                 settings.max_answer_tokens, continuing)
+        results[name] = summarize_condition(data, descriptions[name], params)
+        size = settings.max_operand + 1
+        answers_true = torch.tensor([[p.answer for p in row] for row in data.prompts])
+        tensors[f"{name}/answers"] = data.answers
+        tensors[f"{name}/p_correct"] = data.p_correct
+        tensors[f"{name}/accuracy_grid"] = (data.answers == answers_true).double().mean(0).reshape(size, size)
+        tensors[f"{name}/error_prob_grid"] = (1 - data.p_correct.double()).mean(0).reshape(size, size)
+
+    numbers = list(range(2 * settings.max_operand + 1))
+    prior = compute_number_probs(model, settings.neutral_contexts, numbers, continuing)
+    on_prompts = compute_number_probs(model, [params.prompt.control, params.prompt.canonical], numbers, continuing)
+    answers = params.prompt.answers
+    frequency = FrequencyResult(
+        numbers=numbers, neutral_contexts=list(settings.neutral_contexts),
+        prior=prior.mean(0).tolist(), prior_by_context=prior.tolist(),
+        zero_shot=on_prompts[0].tolist(), few_shot=on_prompts[1].tolist(),
+        zero_shot_prompt=params.prompt.control, few_shot_prompt=params.prompt.canonical,
+        misconception=int(answers.misconception), correct=int(answers.correct),
+    )
+    tensors["frequency/prior_by_context"] = prior
+    tensors["frequency/on_prompts"] = on_prompts
+    metrics = BehaviourMetrics(model=key, max_operand=settings.max_operand,
+                               n_pairs=(settings.max_operand + 1) ** 2, conditions=results, frequency=frequency)
+    save_tensors(paths.tensors, tensors)
+    save_json(paths.metrics, metrics)
+    save_figure(paths.figure("behaviour_summary"), plot_summary(metrics))
+    save_figure(paths.figure("behaviour_grids"), plot_grids(metrics, tensors))
+    save_figure(paths.figure("behaviour_frequency"), plot_frequency(metrics))
+    return metrics
+
+
+def load_results(paths: StagePaths) -> tuple[BehaviourMetrics, dict[str, Tensor]]:
+    metrics = load_json(paths.metrics, BehaviourMetrics)
+    size = metrics.max_operand + 1
+    expected = {f"{name}/accuracy_grid": (size, size) for name in metrics.conditions}
+    return metrics, load_tensors(paths.tensors, expected)
+
+
+# --- figures ---------------------------------------------------------------------------
+
+LABELS = {"zero_shot": "zero-shot", "few_shot": "few-shot (random)", "study_context": "study's examples"}
+
+
+def _ordered(metrics: BehaviourMetrics) -> list[str]:
+    return [name for name in CONDITIONS if name in metrics.conditions]
+
+
+@styled
+def plot_summary(metrics: BehaviourMetrics):
+    """Figure 6: accuracy and error probability by condition, carry against no carry."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.8, 3.0), layout="constrained")
+    axes = fig.subplots(1, 2)
+    names = _ordered(metrics)
+    width = 0.38
+    for ax, field, title in ((axes[0], "accuracy", "accuracy (greedy answer right)"),
+                             (axes[1], "error_prob", "error probability, 1 - P(right number)")):
+        for offset, split, color in ((-width / 2, "no_carry", COLORS["correct"]), (width / 2, "carry", COLORS["misconception"])):
+            estimates = [getattr(metrics.conditions[n], field)[split] for n in names]
+            means = [e.mean for e in estimates]
+            errors = [[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]]
+            ax.bar([i + offset for i in range(len(names))], means, width, yerr=errors, capsize=3, color=color,
+                   label="carry (a + b ≥ 10)" if split == "carry" else "no carry")
+        ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names])
+        ax.set_ylim(0, 1)
+        ax.set_title(title)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
+    return fig
+
+
+@styled
+def plot_grids(metrics: BehaviourMetrics, tensors: dict[str, Tensor]):
+    """Accuracy of every a + b, one 10 x 10 grid per condition (mean over contexts)."""
+    from matplotlib.figure import Figure
+
+    names = _ordered(metrics)
+    fig = Figure(figsize=(2.3 * len(names) + 0.8, 2.6), layout="constrained")
+    axes = fig.subplots(1, len(names))
+    for ax, name in zip(axes, names, strict=True):
+        grid = tensors[f"{name}/accuracy_grid"].numpy()
+        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, origin="lower", interpolation="nearest")
+        ax.set_title(LABELS.get(name, name))
+        ax.set_xlabel("b")
+        ax.set_ylabel("a")
+        ax.grid(False)
+        ticks = range(0, metrics.max_operand + 1, 3)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="accuracy")
+    return fig
+
+
+@styled
+def plot_frequency(metrics: BehaviourMetrics):
+    """Figure 8: the model's prior over numbers against the canonical query's answers."""
+    from matplotlib.figure import Figure
+
+    freq = metrics.frequency
+    fig = Figure(figsize=(6.8, 2.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    x = freq.numbers
+    colors = [COLORS["misconception"] if n == freq.misconception else COLORS["correct"] if n == freq.correct
+              else COLORS["control"] for n in x]
+    axes[0].bar(x, freq.prior, color=colors)
+    axes[0].set_title(f"(A) prior: after {len(freq.neutral_contexts)} neutral contexts")
+    width = 0.4
+    axes[1].bar([n - width / 2 for n in x], freq.zero_shot, width, color=COLORS["control"], label="zero-shot")
+    axes[1].bar([n + width / 2 for n in x], freq.few_shot, width, color=COLORS["accent"], label="few-shot (canonical)")
+    axes[1].set_title(f"(B) as the answer to {freq.few_shot_prompt.split('. ')[-1]!r}")
+    axes[1].legend(frameon=False)
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("number")
+        ax.set_xticks(x[::2])
+    axes[0].set_ylabel("P(exactly this number)")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    main()

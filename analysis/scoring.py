@@ -1,0 +1,125 @@
+"""Scoring and reading the model's numeric answers, batched.
+
+- `score_answers`: log P(answer | context) for whole answer strings, teacher-forced: the
+  sum of the answer tokens' log-probabilities, plus the log-probability that the next
+  token does not continue the number (so " 1" is not credited with " 10", nor " 10" with
+  " 100"). The two parts are kept apart.
+- `greedy_answers`: the model's own answer: greedy decoding of a few tokens, read as the
+  leading run of digits.
+
+Prompts of equal length run together (no padding), in chunks of `batch_size`; each
+context is run once, and answers and greedy tokens extend its key-value cache.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    token_logprob: Float[Tensor, "n"]  # sum of the answer tokens' log-probabilities
+    boundary_logprob: Float[Tensor, "n"]  # log P(next token does not continue the number)
+
+    @property
+    def logprob(self) -> Float[Tensor, "n"]:
+        return self.token_logprob + self.boundary_logprob
+
+
+def continues_number(model) -> Bool[Tensor, "vocab"]:
+    """Tokens that would extend a number written just before them: they start with a digit."""
+    decoded = model.tokenizer.batch_decode([[i] for i in range(model.cfg.d_vocab)])
+    return torch.tensor([bool(text) and text[0].isdigit() for text in decoded])
+
+
+def _groups(keys: list[tuple[int, ...]], batch_size: int):
+    """Chunks of at most batch_size indices whose keys (lengths) are equal."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    for key in sorted(groups):
+        indices = groups[key]
+        for start in range(0, len(indices), batch_size):
+            yield indices[start : start + batch_size]
+
+
+def _forward(model, tokens: Tensor, cache) -> Float[Tensor, "batch pos vocab"]:
+    """Log-probabilities for `tokens`, continuing the sequences held in the KV cache."""
+    ones = torch.ones_like(tokens)  # no padding anywhere; say so rather than let pad ids be guessed
+    resid = model(tokens, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache, attention_mask=ones)
+    return model.unembed(model.ln_final(resid)).log_softmax(-1)
+
+
+@torch.no_grad()
+def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, max_tokens: int,
+         batch_size: int, continuing: Tensor) -> tuple[AnswerScores | None, list[str]]:
+    """One pass over each context (KV-cached), then the answers and greedy tokens on top of it.
+
+    Only the final position of the context is unembedded; the cache is frozen after the
+    context, so the teacher-forced answer and the greedy continuation both extend it.
+    """
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    n = len(contexts)
+    token_lp, boundary_lp, texts = torch.zeros(n), torch.zeros(n), [""] * n
+    keys = [(len(c), len(answers[i]) if answers else 0) for i, c in enumerate(contexts)]
+    device = model.cfg.device
+    for chunk in _groups(keys, batch_size):
+        batch = torch.stack([contexts[i] for i in chunk]).to(device)
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
+        ones = torch.ones_like(batch)
+        resid = model(batch, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache, attention_mask=ones)
+        first = model.unembed(model.ln_final(resid[:, -1:])).log_softmax(-1)[:, 0]  # (batch, vocab)
+        cache.freeze()
+        if answers:
+            answer = torch.tensor([answers[i] for i in chunk], device=device)  # (batch, n_answer)
+            later = _forward(model, answer, cache)  # position j predicts answer token j + 1
+            steps = torch.cat([first[:, None], later], dim=1)  # (batch, n_answer + 1, vocab)
+            picked = steps[:, :-1].gather(-1, answer[..., None])[..., 0]
+            token_lp[chunk] = picked.sum(-1).cpu()
+            ends = steps[:, -1][:, continuing.to(device)].exp().sum(-1).clamp(max=1 - 1e-12)
+            boundary_lp[chunk] = torch.log1p(-ends).cpu()
+        if max_tokens:
+            generated = first.argmax(-1)[:, None]
+            while generated.shape[1] < max_tokens:
+                step = _forward(model, generated, cache)[:, -1].argmax(-1)
+                generated = torch.cat([generated, step[:, None]], dim=1)
+            for row, i in enumerate(chunk):
+                texts[i] = model.tokenizer.decode(generated[row].tolist())
+    return (AnswerScores(token_lp, boundary_lp) if answers else None), texts
+
+
+def score_answers(model, contexts: list[Int[Tensor, "pos"]], answers: list[tuple[int, ...]],
+                  batch_size: int = 64, continuing: Tensor | None = None) -> AnswerScores:
+    """Teacher-forced log-probability of each answer after its context (see module doc)."""
+    continuing = continues_number(model) if continuing is None else continuing
+    scores, _ = _run(model, contexts, answers, 0, batch_size, continuing)
+    return scores
+
+
+def greedy_answers(model, contexts: list[Int[Tensor, "pos"]], max_tokens: int = 3,
+                   batch_size: int = 64) -> tuple[list[int | None], list[str]]:
+    """The model's answer to each context: greedy tokens read as a number (None if none)."""
+    _, texts = _run(model, contexts, None, max_tokens, batch_size, torch.zeros(0, dtype=torch.bool))
+    return [read_number(t) for t in texts], texts
+
+
+def score_and_read(model, contexts: list[Int[Tensor, "pos"]], answers: list[tuple[int, ...]], max_tokens: int,
+                   batch_size: int = 64, continuing: Tensor | None = None
+                   ) -> tuple[AnswerScores, list[int | None], list[str]]:
+    """Both of the above from one pass over each context."""
+    continuing = continues_number(model) if continuing is None else continuing
+    scores, texts = _run(model, contexts, answers, max_tokens, batch_size, continuing)
+    return scores, [read_number(t) for t in texts], texts
+
+
+def read_number(text: str) -> int | None:
+    """The leading number of a continuation (' 10. 3 +' -> 10), or None."""
+    match = re.match(r"\s*(\d+)", text)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,92 @@
+"""Behaviour: prompt coverage, the wrong-answer classifier, intervals, and the stage."""
+
+import pytest
+import torch
+from helpers import char_tokenizer, make_params, tiny_model
+
+from analysis import behaviour
+from analysis.artifacts import StagePaths
+from analysis.prompts import ArithmeticPrompt, parse_arithmetic
+from analysis.stats import bootstrap_ci, cluster_bootstrap
+
+CANONICAL = parse_arithmetic("1 + 1 = 2. 2 + 2 = 4. 5 + 5 =")
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (6, {"sequence"}),  # 2, 4, then 6: the study's explanation
+    (4, {"copy"}),
+    (2, {"copy"}),
+    (5, {"operand"}),
+    (9, {"off_by_one"}),
+    (11, {"off_by_one"}),
+    (13, {"other"}),
+    (None, {"other"}),  # not a number at all
+])
+def test_classifier_labels_hand_made_cases(answer, expected):
+    labels = behaviour.classify(answer, CANONICAL)
+    assert {name for name, fits in labels.items() if fits} == expected
+
+
+def test_classes_can_overlap_and_zero_shot_has_no_sequence():
+    prompt = parse_arithmetic("3 + 3 = 6. 4 + 4 = 8. 4 + 5 =")  # 8 is a copy and off by one
+    assert {k for k, v in behaviour.classify(8, prompt).items() if v} == {"copy", "off_by_one"}
+    zero = ArithmeticPrompt((), (5, 5))
+    assert behaviour.sequence_next(zero.shot_answers) is None
+    assert behaviour.classify(6, zero) == {"copy": False, "sequence": False, "operand": False,
+                                           "off_by_one": False, "other": True}
+
+
+def test_chance_rates_count_the_other_numbers():
+    rates = behaviour.chance_rates(CANONICAL, max_answer=18)  # 18 wrong numbers: 0..18 without 10
+    assert rates == pytest.approx({"copy": 2 / 18, "sequence": 1 / 18, "operand": 1 / 18,
+                                   "off_by_one": 2 / 18, "other": 12 / 18})
+
+
+def test_every_pair_is_covered_exactly_once_per_context():
+    contexts = behaviour.few_shot_contexts(4, 2, 9, seed=0)
+    assert contexts == behaviour.few_shot_contexts(4, 2, 9, seed=0)
+    prompts = behaviour.condition_prompts(contexts, 9)
+    assert len(prompts) == 4
+    for context, row in zip(contexts, prompts, strict=True):
+        queries = [p.query for p in row]
+        assert len(queries) == 100 and set(queries) == set(behaviour.all_pairs(9))
+        assert all(p.shots == context for p in row)
+
+
+def test_cluster_bootstrap_with_one_cluster_is_the_item_bootstrap():
+    values = (torch.rand(1, 200, generator=torch.Generator().manual_seed(0)) < 0.3).double()
+    mean, low, high, n = cluster_bootstrap(values, None, 4000, seed=0)
+    assert mean == pytest.approx(values.mean().item()) and n == 200 and low < mean < high
+    item_low, item_high = bootstrap_ci(values[0], 4000, seed=1)  # other draws, the same distribution
+    assert abs(low - item_low.item()) <= 0.02 and abs(high - item_high.item()) <= 0.02
+    half_width = 1.96 * (mean * (1 - mean) / 200) ** 0.5  # the normal approximation agrees
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+
+
+def test_cluster_bootstrap_respects_the_mask_and_cluster_spread():
+    values = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    mean, low, high, n = cluster_bootstrap(values, mask, 2000, seed=1)
+    assert (mean, n) == (0.5, 4)
+    assert low == 0.0 and high == 1.0  # two clusters that disagree completely
+    assert cluster_bootstrap(values, torch.zeros_like(mask), 100, seed=0) == (None, None, None, 0)
+
+
+def test_stage_on_a_tiny_model(tmp_path):
+    model = tiny_model(char_tokenizer(), n_layers=1, seed=0)
+    params = make_params(**{"behaviour.max_operand": 5, "behaviour.n_contexts": 2,
+                            "stats.bootstrap_resamples": 200})
+    paths = StagePaths("m", "behaviour", root=tmp_path)
+    metrics = behaviour.run(model, params, "smollm2-135m", paths)
+    loaded, tensors = behaviour.load_results(paths)
+    assert loaded == metrics and metrics.n_pairs == 36
+    few = metrics.conditions["few_shot"]
+    answers, p_correct = tensors["few_shot/answers"], tensors["few_shot/p_correct"]
+    assert answers.shape == (2, 36)
+    truth = torch.tensor([a + b for a, b in behaviour.all_pairs(5)])
+    assert few.accuracy["all"].mean == pytest.approx((answers == truth).double().mean().item())
+    assert few.error_prob["all"].mean == pytest.approx((1 - p_correct.double()).mean().item())
+    assert few.accuracy["carry"].n + few.accuracy["no_carry"].n == 72
+    assert few.n_wrong == int((answers != truth).sum())
+    assert tensors["zero_shot/accuracy_grid"].shape == (6, 6)
+    assert len(metrics.frequency.prior) == 11 and all(0 <= p <= 1 for p in metrics.frequency.prior)
