@@ -14,6 +14,7 @@ export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
+export TQDM_DISABLE := 1
 
 .PHONY: all setup test gpt2 paper repro lock clean-venv
 

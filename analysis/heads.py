@@ -1,7 +1,7 @@
 """Attention heads (the study's Figures 2 and 5): which heads copy the context's answers.
 
 DVC stage `heads@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
-stats, heads]; writes data/<model>/heads.safetensors, data/<model>/metrics/heads.json
+stats, heads, sae.spacing_variants]; writes data/<model>/heads.safetensors, data/<model>/metrics/heads.json
 and data/<model>/figures/heads_*.svg.
 
 Every head is measured, and the data name the heads:
@@ -214,6 +214,11 @@ class ConfiguredHead(Schema):
     rank_by_family_attention: int  # 1 = the strongest head
 
 
+class SpacingAttention(Schema):
+    prompt: str
+    to_previous_answer: list[float]  # for each of figure_heads, at the final position
+
+
 class HeadsMetrics(Schema):
     model: str
     n_layers: int
@@ -236,6 +241,7 @@ class HeadsMetrics(Schema):
     top_induction_head: HeadSummary
     configured_head: ConfiguredHead | None
     figure_heads: list[list[int]]  # the heads drawn in Figures 2 and 5, [layer, head]
+    spacing: dict[str, SpacingAttention]  # the canonical prompt spaced otherwise (Figure 7)
     family_examples: list[str]
 
 
@@ -342,6 +348,15 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
         if pair not in figure_heads:
             figure_heads.append(pair)
 
+    spacing = {}
+    for name, text in params.sae.spacing_variants.items():
+        variant = parse_arithmetic(text)
+        numbers = {k: int(v) for k, v in answers.items()}
+        prepared_variant = prepare_prompt(model, text, {k: variant.answer_text(n) for k, n in numbers.items()})
+        attention = _final_attention_of(model, [variant], [prepared_variant]).to_shot_answers[0, ..., -1]
+        spacing[name] = SpacingAttention(prompt=prepared_variant.context,
+                                         to_previous_answer=[attention[l, h].item() for l, h in figure_heads])
+
     def interval(mean: Tensor, low: Tensor, high: Tensor) -> Interval:
         return Interval(mean=mean.tolist(), low=low.tolist(), high=high.tolist(), n_prompts=len(family))
 
@@ -359,7 +374,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
                    "unembed_bias": dla.unembed_bias[0].item()},
         copy_dla_family=interval(copy_mean, copy_low, copy_high),
         top_heads=top, top_dla_heads=top_dla, top_induction_head=top_induction, configured_head=configured,
-        figure_heads=figure_heads, family_examples=[p.text for p in family[:3]],
+        figure_heads=figure_heads, spacing=spacing, family_examples=[p.text for p in family[:3]],
     )
     save_tensors(paths.tensors, {
         "induction_score": induction, "prev_token_score": previous,

@@ -20,7 +20,7 @@ Quarto that the manuscript uses, and rejects what it does not support:
   tbl-* with tbl-cap (one markdown table); `@fig-x` and `@tbl-x` in the text become
   numbered links. An unknown reference fails the build.
 - Front matter: title, subtitle, author, date, abstract (passed to pandoc); jupyter and
-  execute.
+  execute. From _quarto.yml: execute, format.html.css, format.typst.include-in-header.
 
 Pipeline: qmd -> notebook (nbformat) -> executed in a fresh kernel (nbclient, cwd
 paper/) -> pandoc markdown -> HTML (pandoc, resources embedded, MathML) and typst
@@ -297,7 +297,8 @@ def _pandoc_meta(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k in keep}
 
 
-def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Path | None, date: datetime) -> bytes:
+def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Path | None, date: datetime,
+           typst_header: Path | None = None) -> bytes:
     import pypandoc
 
     source = workdir / f"paper.{fmt}.md"
@@ -313,7 +314,10 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
     import typst
 
     typ = workdir / "index.typ"
-    pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=["--standalone", "--columns=1000"])
+    args = ["--standalone", "--columns=1000"]
+    if typst_header:
+        args.append(f"--include-in-header={typst_header.resolve()}")
+    pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=args)
     out = workdir / "index.pdf"
     typst.compile(str(typ), output=str(out), root=str(workdir), ignore_system_fonts=True,
                   timestamp=int(date.timestamp()))
@@ -329,7 +333,10 @@ def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) 
     doc = parse_qmd((paper_dir / "index.qmd").read_text())
     defaults = {**(project.get("execute") or {}), **(doc.meta.get("execute") or {})}
     inline = execute(doc, model, paper_dir)
-    css = paper_dir / "style.css"
+    html_format = (project.get("format") or {}).get("html") or {}
+    typst_format = (project.get("format") or {}).get("typst") or {}
+    css = paper_dir / html_format.get("css", "style.css")
+    header = paper_dir / typst_format["include-in-header"] if "include-in-header" in typst_format else None
     date = datetime.fromisoformat(params.paper.date)
     outputs = {}
     with tempfile.TemporaryDirectory(prefix="paper-") as tmp:
@@ -337,7 +344,7 @@ def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) 
             workdir = Path(tmp) / fmt
             (workdir / "figures").mkdir(parents=True)
             markdown = assemble(doc, inline, defaults, fmt, workdir / "figures")
-            outputs[fmt] = render(markdown, doc.meta, fmt, workdir, css if css.is_file() else None, date)
+            outputs[fmt] = render(markdown, doc.meta, fmt, workdir, css if css.is_file() else None, date, header)
     html, pdf = out_dir / "index.html", out_dir / "index.pdf"
     atomic_write_bytes(html, outputs["html"])
     atomic_write_bytes(pdf, outputs["typst"])

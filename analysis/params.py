@@ -10,6 +10,7 @@ is allowed; `exit_on_params_error` turns it into one message on stderr and exit 
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,20 @@ class HeadRef(Section):
     head: NonNegativeInt
 
 
+SAE_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out)$")
+
+
+class SaeParams(Section):
+    source: Literal["trained", "pretrained"]
+    hook: Text  # a residual-width hook point, e.g. blocks.9.hook_resid_pre
+    d_in: PositiveInt
+    d_sae: PositiveInt
+    release: Text | None = None  # pretrained: sae_lens release and id
+    sae_id: Text | None = None
+    neuronpedia: Text | None = None  # Neuronpedia's id for the release, e.g. gpt2-small/9-res-jb
+    report_features: list[NonNegativeInt] = []  # latents always reported, e.g. the study's 1076
+
+
 class ModelParams(Section):
     label: Text
     source: Literal["gguf_wheel", "hub"]
@@ -64,6 +79,7 @@ class ModelParams(Section):
     prepend_bos: Annotated[bool, Field(strict=True)]
     shape: Shape
     configured_head: HeadRef | None = None
+    saes: dict[str, SaeParams] = {}
 
 
 class Answers(Section):
@@ -112,6 +128,31 @@ class BehaviourParams(Section):
     neutral_contexts: Annotated[list[Text], Field(min_length=1)]
 
 
+class SaeCorpusParams(Section):
+    context_size: Annotated[int, Field(strict=True, ge=8)]
+    prose_windows: PositiveInt
+    arithmetic_windows: PositiveInt
+    heldout_fraction: Annotated[float, Field(strict=True, gt=0, lt=0.5)]
+    seed: NonNegativeInt
+
+
+class SaeTrainingParams(Section):
+    k: PositiveInt  # latents active per token (TopK)
+    lr: Annotated[float, Field(strict=True, gt=0)]
+    batch_size: PositiveInt
+    epochs: PositiveInt
+    seed: NonNegativeInt
+    corpus: SaeCorpusParams
+
+
+class SaeAnalysisParams(Section):
+    top_k: PositiveInt
+    ablation: Literal["zero", "mean"]
+    attribution_metric: Literal["logit_diff", "prob_diff"]
+    top_tokens: PositiveInt
+    spacing_variants: Annotated[dict[str, Text], Field(min_length=1)]
+
+
 class PaperParams(Section):
     date: Text
 
@@ -131,6 +172,8 @@ class Params(Section):
     logit_lens: LogitLensParams
     heads: HeadsParams
     behaviour: BehaviourParams
+    sae_training: SaeTrainingParams
+    sae: SaeAnalysisParams
     paper: PaperParams
 
     def model(self, key: str) -> ModelParams:
@@ -150,6 +193,26 @@ def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
         return ".".join(loc), None, "missing; this field is required"
     message = error["msg"].removeprefix("Value error, ")
     return ".".join(loc), error.get("input"), message
+
+
+def _check_sae(params: Params, field: str, sae: SaeParams, shape: Shape) -> None:
+    match = SAE_HOOK.match(sae.hook)
+    if not match:
+        raise ParamsError(f"{field}.hook", sae.hook, "a residual-width hook: blocks.<layer>.hook_resid_pre, "
+                          "hook_resid_mid, hook_resid_post, hook_mlp_out or hook_attn_out")
+    if int(match.group(1)) >= shape.n_layers:
+        raise ParamsError(f"{field}.hook", sae.hook, f"a block in 0..{shape.n_layers - 1}")
+    if sae.d_in != shape.d_model:
+        raise ParamsError(f"{field}.d_in", sae.d_in, f"{shape.d_model}, the width of {sae.hook} (d_model)")
+    if sae.source == "pretrained":
+        for name in ("release", "sae_id"):
+            if not getattr(sae, name):
+                raise ParamsError(f"{field}.{name}", getattr(sae, name), "required for a pretrained SAE")
+    elif params.sae_training.k >= sae.d_sae:
+        raise ParamsError("sae_training.k", params.sae_training.k, f"fewer than the SAE's d_sae ({sae.d_sae})")
+    for feature in sae.report_features:
+        if feature >= sae.d_sae:
+            raise ParamsError(f"{field}.report_features", feature, f"a latent index in 0..{sae.d_sae - 1}")
 
 
 def _check_consistency(params: Params) -> None:
@@ -172,6 +235,8 @@ def _check_consistency(params: Params) -> None:
             if head.head >= shape.n_heads:
                 raise ParamsError(f"{field}.configured_head.head", head.head,
                                   f"a head in 0..{shape.n_heads - 1} ({key} has {shape.n_heads} heads per layer)")
+        for name, sae in model.saes.items():
+            _check_sae(params, f"{field}.saes.{name}", sae, shape)
         if params.heads.top_k > shape.n_layers * shape.n_heads:
             raise ParamsError("heads.top_k", params.heads.top_k,
                               f"at most {shape.n_layers * shape.n_heads}, the number of heads of {key}")
@@ -207,6 +272,15 @@ def _check_consistency(params: Params) -> None:
         raise ParamsError("behaviour.max_answer_tokens", behaviour.max_answer_tokens,
                           f"at least {digits + 1}: answers up to {2 * behaviour.max_operand} can take {digits} "
                           "digit tokens, and one more shows where the number ends")
+    canonical = parse_arithmetic(prompt.canonical)
+    for name, text in params.sae.spacing_variants.items():
+        try:
+            variant = parse_arithmetic(text)
+        except ValueError as exc:
+            raise ParamsError(f"sae.spacing_variants.{name}", text, f"the canonical prompt in another spacing ({exc})") from None
+        if (variant.shots, variant.query) != (canonical.shots, canonical.query):
+            raise ParamsError(f"sae.spacing_variants.{name}", text,
+                              f"the same sums as prompt.canonical ({prompt.canonical!r}), spaced differently")
     for i, text in enumerate(behaviour.neutral_contexts):
         if not text.strip() or "=" in text:
             raise ParamsError(f"behaviour.neutral_contexts[{i}]", text, "a non-empty text that asks for no sum")

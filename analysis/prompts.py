@@ -104,25 +104,37 @@ def prepare_prompt(model, prompt: str, answers: Mapping[str, str]) -> PreparedPr
 
 # --- arithmetic prompts: "a + b = c. ... x + y =" --------------------------------------
 
-PROMPT_PATTERN = re.compile(r"^(?:(\d+) \+ (\d+) = (\d+)\. )*(\d+) \+ (\d+) =$")
-SHOT_PATTERN = re.compile(r"(\d+) \+ (\d+) = (\d+)\.")
+STYLES = ((" + ", " = "), ("+", "="))  # spaced (the study's) and unspaced
 
 
 @dataclass(frozen=True)
 class ArithmeticPrompt:
-    """Few-shot addition in the study's format: solved examples, then the query."""
+    """Few-shot addition: solved examples, then the query, in one spacing style."""
 
     shots: tuple[tuple[int, int], ...]
     query: tuple[int, int]
+    plus: str = " + "
+    equals: str = " = "
+
+    def _solved(self, a: int, b: int) -> str:
+        return f"{a}{self.plus}{b}{self.equals}{a + b}."
 
     @property
     def text(self) -> str:
-        solved = [f"{a} + {b} = {a + b}." for a, b in self.shots]
-        return " ".join([*solved, f"{self.query[0]} + {self.query[1]} ="])
+        x, y = self.query
+        return " ".join([*(self._solved(a, b) for a, b in self.shots), f"{x}{self.plus}{y}{self.equals.rstrip()}"])
 
     @property
     def answer(self) -> int:
         return sum(self.query)
+
+    @property
+    def answer_prefix(self) -> str:
+        """What comes between '=' and the number: ' ' in the spaced style."""
+        return self.equals[len(self.equals.rstrip()):]
+
+    def answer_text(self, number: int) -> str:
+        return f"{self.answer_prefix}{number}"
 
     @property
     def shot_answers(self) -> tuple[int, ...]:
@@ -132,28 +144,32 @@ class ArithmeticPrompt:
         """Character span of each example's answer in `text`."""
         spans, offset = [], 0
         for a, b in self.shots:
-            head = f"{a} + {b} = "
-            spans.append((offset + len(head), offset + len(head) + len(str(a + b))))
-            offset += len(f"{a} + {b} = {a + b}. ")
+            start = offset + len(f"{a}{self.plus}{b}{self.equals}")
+            spans.append((start, start + len(str(a + b))))
+            offset += len(self._solved(a, b)) + 1
         return spans
 
     def query_operand_spans(self) -> list[tuple[int, int]]:
-        start = len(self.text) - len(f"{self.query[0]} + {self.query[1]} =")
-        a, b = (str(x) for x in self.query)
-        return [(start, start + len(a)), (start + len(a) + 3, start + len(a) + 3 + len(b))]
+        x, y = (str(v) for v in self.query)
+        start = len(self.text) - len(f"{x}{self.plus}{y}{self.equals.rstrip()}")
+        second = start + len(x) + len(self.plus)
+        return [(start, start + len(x)), (second, second + len(y))]
 
 
 def parse_arithmetic(text: str) -> ArithmeticPrompt:
-    """The inverse of ArithmeticPrompt.text; ValueError if `text` is not in that format."""
-    if not PROMPT_PATTERN.match(text):
+    """The inverse of ArithmeticPrompt.text, in either style; ValueError otherwise."""
+    numbers = [int(n) for n in re.findall(r"\d+", text)]
+    if len(numbers) < 2 or len(numbers) % 3 != 2:
         raise ValueError(f"{text!r} is not of the form 'a + b = c. ... x + y ='")
-    shots = []
-    for a, b, c in SHOT_PATTERN.findall(text):
-        if int(a) + int(b) != int(c):
-            raise ValueError(f"{text!r}: the example {a} + {b} = {c} is wrong")
-        shots.append((int(a), int(b)))
-    x, y = re.search(r"(\d+) \+ (\d+) =$", text).groups()
-    return ArithmeticPrompt(tuple(shots), (int(x), int(y)))
+    shots = tuple((numbers[i], numbers[i + 1]) for i in range(0, len(numbers) - 2, 3))
+    for i, (a, b) in enumerate(shots):
+        if a + b != numbers[3 * i + 2]:
+            raise ValueError(f"{text!r}: the example {a} + {b} = {numbers[3 * i + 2]} is wrong")
+    for plus, equals in STYLES:
+        prompt = ArithmeticPrompt(shots, (numbers[-2], numbers[-1]), plus, equals)
+        if prompt.text == text:
+            return prompt
+    raise ValueError(f"{text!r} is not of the form 'a + b = c. ... x + y =' (or 'a+b=c. ... x+y=')")
 
 
 def few_shot_family(n_prompts: int, n_shots: int, max_operand: int, seed: int) -> list[ArithmeticPrompt]:

@@ -38,6 +38,14 @@ def continues_number(model) -> Bool[Tensor, "vocab"]:
     return torch.tensor([bool(text) and text[0].isdigit() for text in decoded])
 
 
+@torch.no_grad()
+def final_logits(model, tokens: Int[Tensor, "batch pos"], hooks: list | None = None) -> Float[Tensor, "batch vocab"]:
+    """Logits at the last position only (unembedding every position costs more than the
+    blocks on short prompts), with optional forward hooks."""
+    resid = model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=hooks or [], stop_at_layer=model.cfg.n_layers)
+    return model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
+
+
 def _groups(keys: list[tuple[int, ...]], batch_size: int):
     """Chunks of at most batch_size indices whose keys (lengths) are equal."""
     groups: dict[tuple[int, ...], list[int]] = {}

@@ -107,3 +107,17 @@ def prob_close(a: float, b: float, atol: float = 1e-6) -> bool:
 
 def seed(value: int = 0) -> None:
     torch.manual_seed(value)
+
+
+def random_sae(d_in: int, d_sae: int, kind: str = "standard", k: int = 8, seed: int = 0):
+    """A randomly initialised sae_lens SAE (standard ReLU like the GPT-2 releases, or TopK)."""
+    from sae_lens import StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    if kind == "topk":
+        return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k))
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.1)  # nonzero biases, so that tests see them cancel
+        sae.b_enc.normal_(0, 0.1)
+    return sae

@@ -56,3 +56,29 @@ def test_behaviour_stage_runs_on_gpt2_shape(gpt2_random, tmp_path):
     metrics = behaviour.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "behaviour", root=tmp_path))
     assert metrics.n_pairs == 36 and set(metrics.conditions) == {"zero_shot", "few_shot", "study_context"}
     assert len(metrics.frequency.zero_shot) == 11
+
+
+def test_sae_stages_on_gpt2_shape_with_the_releases_shapes(gpt2_random, tmp_path, monkeypatch):
+    """The pretrained SAEs come from the hub; here random SAEs of the releases' exact shapes
+    stand in for them, so the GPT-2 code path (feature 1076, Neuronpedia links) runs."""
+    from helpers import make_params, random_sae
+
+    from analysis import heads, sae, sae_train
+
+    stand_ins = {"mlp-l9": random_sae(768, 24576, seed=1), "res-l9": random_sae(768, 24576, seed=2)}
+    monkeypatch.setattr(sae_train, "load_sae", lambda key, name, spec, train_dir, device="cpu": stand_ins[name])
+    params = make_params(**{"sae_training.corpus.prose_windows": 8, "sae_training.corpus.arithmetic_windows": 6,
+                            "family.n_prompts": 4, "stats.bootstrap_resamples": 200,
+                            "heads.induction.n_sequences": 4, "sae.top_k": 2})
+    trained = sae_train.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "sae_train", root=tmp_path))
+    assert set(trained.saes) == {"mlp-l9", "res-l9"}
+    assert trained.saes["mlp-l9"].hook == "blocks.9.hook_mlp_out" and trained.saes["mlp-l9"].training is None
+    source = tmp_path / "gpt2-small" / "sae_train" / "res-l9" / "source.json"
+    assert '"release": "gpt2-small-res-jb"' in source.read_text()
+    heads.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "heads", root=tmp_path))
+    metrics = sae.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "sae", root=tmp_path))
+    for name in ("mlp-l9", "res-l9"):
+        assert metrics.saes[name].reported == [1076]
+        assert "1076" in metrics.saes[name].features
+    assert metrics.saes["res-l9"].features["1076"].neuronpedia_url == "https://www.neuronpedia.org/gpt2-small/9-res-jb/1076"
+    assert metrics.saes["mlp-l9"].features["1076"].neuronpedia_url is None

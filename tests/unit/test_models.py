@@ -58,3 +58,13 @@ def test_an_unknown_model_key_is_a_params_error(params):
 
     with pytest.raises(ParamsError, match="unknown model"):
         load_model("gpt5", params)
+
+
+def test_a_pretrained_sae_without_the_hub_fails_fast(no_hub, params, tmp_path):
+    from analysis.sae_train import load_sae
+
+    spec = params.model("gpt2-small").saes["res-l9"]
+    start = time.monotonic()
+    with pytest.raises(ModelUnavailableError, match="gpt2-small-res-jb/blocks.9.hook_resid_pre"):
+        load_sae("gpt2-small", "res-l9", spec, tmp_path)
+    assert time.monotonic() - start < 30

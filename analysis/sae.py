@@ -1,0 +1,474 @@
+"""SAE features (the study's Figures 3, 7 and 9, and the SAE half of Figure 5), measured.
+
+DVC stage `sae@<model>`. Reads params.yaml [seed, models.<model>, prompt, family, stats,
+sae], the SAEs of `sae_train@<model>` (data/<model>/sae_train/, metrics/sae_train.json)
+and, for Figure 7, metrics/heads.json; writes data/<model>/sae.safetensors,
+data/<model>/metrics/sae.json and data/<model>/figures/sae_*.svg.
+
+For each SAE, at the final position of the canonical prompt:
+- the latents' activations, and their attribution: activation x the gradient of the
+  metric (logit or probability of the misconception minus the correct answer, first
+  distinguishing tokens) with respect to the activation, the SAE spliced in with its
+  error term so that the forward pass is the model's own;
+- the top features by activation and by |attribution|, and their activations on the
+  control prompt;
+- each feature's direct logit effect: its decoder direction through the final norm (the
+  scale of the canonical forward pass) and the unembedding, on the two answers and on the
+  whole vocabulary. This is the direct path only; later layers can change it;
+- ablation: the SAE spliced in with its error term and the latent set to zero (or its
+  mean) at every position, so that the residual changes by exactly the latent's decoded
+  contribution; the change in each answer's first-token probability on the canonical
+  prompt and, with 95% bootstrap intervals, on the prompt family (correct answer against
+  a copy of the previous example's answer);
+- the same features on the spacing variants of the prompt (Figure 7).
+
+    python -m analysis.sae --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from analysis import heads as heads_stage
+from analysis import sae_train
+from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.params import Params, SaeParams
+from analysis.plotting import COLORS, quote_token, styled
+from analysis.prompts import PreparedPrompt, group_by_length, parse_arithmetic, prepare_prompt
+from analysis.scoring import final_logits, score_answers
+from analysis.stage import run_stage
+from analysis.stats import bootstrap_ci
+
+STAGE = "sae"
+
+
+# --- compute ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Attribution:
+    activations: Float[Tensor, "d_sae"]  # at the final position
+    gradients: Float[Tensor, "d_sae"]
+    metric: float
+
+    @property
+    def attribution(self) -> Float[Tensor, "d_sae"]:
+        return self.activations * self.gradients
+
+
+def metric_of(logits: Float[Tensor, "vocab"], plus: int, minus: int, kind: str) -> Tensor:
+    if kind == "logit_diff":
+        return logits[plus] - logits[minus]
+    probs = logits.softmax(-1)
+    return probs[plus] - probs[minus]
+
+
+def compute_attribution(model, sae, hook: str, tokens: Int[Tensor, "pos"], plus: int, minus: int,
+                        kind: str = "logit_diff") -> Attribution:
+    """Activation and gradient of the metric for every latent at the final position."""
+    captured: dict[str, Tensor] = {}
+
+    def through_sae(x: Tensor, hook) -> Tensor:
+        latents = sae.encode(x).detach().requires_grad_(True)
+        captured["latents"] = latents
+        error = (x - sae.decode(latents)).detach()
+        return sae.decode(latents) + error
+
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens[None].to(model.cfg.device), fwd_hooks=[(hook, through_sae)])
+        metric = metric_of(logits[0, -1], plus, minus, kind)
+        metric.backward()
+    latents = captured["latents"]
+    return Attribution(latents[0, -1].detach().cpu(), latents.grad[0, -1].cpu(), metric.item())
+
+
+@torch.no_grad()
+def final_latents(model, sae, hook: str, tokens: Int[Tensor, "pos"]) -> Float[Tensor, "d_sae"]:
+    store: dict[str, Tensor] = {}
+
+    def keep(x: Tensor, hook) -> None:  # a hook that returns None leaves the activation alone
+        store["x"] = x[0, -1]
+
+    model.run_with_hooks(tokens[None].to(model.cfg.device), stop_at_layer=sae_train.hook_layer(hook) + 1,
+                         fwd_hooks=[(hook, keep)])
+    return sae.encode(store["x"][None])[0].cpu()
+
+
+@torch.no_grad()
+def decoder_directions(sae, ids: list[int]) -> Float[Tensor, "feature d_in"]:
+    """What one unit of each latent adds to the activation (decode is affine in the latents)."""
+    units = torch.zeros(len(ids), sae.cfg.d_sae, device=sae.device)
+    units[torch.arange(len(ids)), torch.tensor(ids)] = 1.0
+    return (sae.decode(units) - sae.decode(torch.zeros_like(units))).cpu()
+
+
+@torch.no_grad()
+def final_norm_scale(model, tokens: Int[Tensor, "pos"]) -> float:
+    _, cache = model.run_with_cache(tokens[None].to(model.cfg.device), names_filter="ln_final.hook_scale")
+    return cache["ln_final.hook_scale"][0, -1].item()
+
+
+@torch.no_grad()
+def direct_logit_effects(model, directions: Float[Tensor, "feature d_model"], scale: float
+                         ) -> Float[Tensor, "feature vocab"]:
+    """Each direction's direct effect on the logits: through the final norm at a fixed scale."""
+    directions = directions.to(model.cfg.device)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        directions = directions - directions.mean(-1, keepdim=True)
+    return ((directions / scale) @ model.W_U).cpu()
+
+
+@torch.no_grad()
+def ablated_probs(model, sae, hook: str, prepared: list[PreparedPrompt], answer_names: tuple[str, str],
+                  feature: int | None, value: float = 0.0) -> Float[Tensor, "prompt 2"]:
+    """First-token probabilities of two answers, with one latent set to `value` everywhere
+    (the SAE spliced in with its error term), or unchanged with feature None."""
+    edit: Callable[[Tensor], Tensor] | None = None
+    if feature is not None:
+        def edit(latents: Tensor) -> Tensor:
+            latents = latents.clone()
+            latents[..., feature] = value
+            return latents
+    hooks = [] if feature is None else [(hook, sae_train.splice(sae, error=True, edit=edit, first_position=0))]
+    out = torch.empty(len(prepared), 2)
+    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
+        probs = final_logits(model, torch.stack([prepared[i].tokens for i in indices]), hooks).softmax(-1).cpu()
+        for row, i in enumerate(indices):
+            ids = [prepared[i].answers[n].first_token_id for n in answer_names]
+            out[i] = probs[row, ids]
+    return out
+
+
+# --- results ---------------------------------------------------------------------------
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenEffect(Schema):
+    token: str
+    effect: float
+
+
+class Estimate(Schema):
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+class Feature(Schema):
+    id: int
+    activation: float
+    activation_rank: int  # 1 = the most active latent at the final position
+    attribution: float
+    gradient: float
+    control_activation: float
+    unit_logit_effect: dict[str, float]  # correct, misconception: per unit of activation
+    logit_contribution: dict[str, float]  # activation x unit effect, on the canonical prompt
+    top_promoted: list[TokenEffect]  # per unit of activation
+    top_suppressed: list[TokenEffect]
+    ablation_canonical: dict[str, float]  # change in first-token probability: correct, misconception
+    ablation_family: dict[str, Estimate]  # correct, copy
+    neuronpedia_url: str | None
+
+
+class SpacingResult(Schema):
+    prompt: str
+    p_correct: float  # P(exactly the right number)
+    p_misconception: float
+    activations: dict[str, float]  # feature id -> activation at the final position
+
+
+class SaeResult(Schema):
+    source: str
+    hook: str
+    d_sae: int
+    release: str | None
+    sae_id: str | None
+    neuronpedia: str | None
+    quality: sae_train.Quality
+    metric: float  # the attribution metric on the canonical prompt, SAE spliced with error
+    n_active: int
+    n_active_control: int
+    top_by_activation: list[int]
+    top_by_attribution: list[int]
+    reported: list[int]  # features params.yaml asks for, whatever their rank
+    features: dict[str, Feature]
+    spacing: dict[str, SpacingResult]
+
+
+class SaeMetrics(Schema):
+    model: str
+    prompt: str
+    control_prompt: str
+    attribution_metric: str
+    ablation: str
+    answers: dict[str, str]  # first distinguishing tokens: correct, misconception
+    n_family_prompts: int
+    saes: dict[str, SaeResult]
+
+
+# --- stage -----------------------------------------------------------------------------
+
+def analyse_sae(model, params: Params, spec: SaeParams, sae, stats: dict[str, Tensor], quality,
+                prepared: PreparedPrompt, control: PreparedPrompt, family: list[PreparedPrompt]
+                ) -> tuple[SaeResult, dict[str, Tensor]]:
+    settings = params.sae
+    plus = prepared.answers["misconception"].first_token_id
+    minus = prepared.answers["correct"].first_token_id
+    attr = compute_attribution(model, sae, spec.hook, prepared.tokens, plus, minus, settings.attribution_metric)
+    control_latents = final_latents(model, sae, spec.hook, control.tokens)
+    k = settings.top_k
+    by_activation = attr.activations.topk(k).indices.tolist()
+    by_attribution = attr.attribution.abs().topk(k).indices.tolist()
+    ids = list(dict.fromkeys(by_activation + by_attribution + list(spec.report_features)))  # = feature_order
+
+    scale = final_norm_scale(model, prepared.tokens)
+    effects = direct_logit_effects(model, decoder_directions(sae, ids), scale)  # (feature, vocab)
+    base_canonical = ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), None)[0]
+    base_family = ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), None)
+    means = stats["mean_activation"]
+    decode = model.tokenizer.decode
+    features, family_deltas = {}, {}
+    for row, feature in enumerate(ids):
+        value = means[feature].item() if settings.ablation == "mean" else 0.0
+        canonical = ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), feature, value)[0]
+        delta = ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), feature, value) - base_family
+        family_deltas[feature] = delta
+        estimates = {}
+        for col, name in enumerate(("correct", "copy")):
+            low, high = bootstrap_ci(delta[:, col], params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
+            estimates[name] = Estimate(mean=delta[:, col].mean().item(), low=low.item(), high=high.item(), n=len(family))
+        unit = {"correct": effects[row, minus].item(), "misconception": effects[row, plus].item()}
+        activation = attr.activations[feature].item()
+        promoted = effects[row].topk(settings.top_tokens)
+        suppressed = (-effects[row]).topk(settings.top_tokens)
+        features[str(feature)] = Feature(
+            id=feature, activation=activation, activation_rank=int((attr.activations > activation).sum()) + 1,
+            attribution=attr.attribution[feature].item(),
+            gradient=attr.gradients[feature].item(), control_activation=control_latents[feature].item(),
+            unit_logit_effect=unit, logit_contribution={n: activation * v for n, v in unit.items()},
+            top_promoted=[TokenEffect(token=decode([i]), effect=v) for i, v in
+                          zip(promoted.indices.tolist(), promoted.values.tolist(), strict=True)],
+            top_suppressed=[TokenEffect(token=decode([i]), effect=-v) for i, v in
+                            zip(suppressed.indices.tolist(), suppressed.values.tolist(), strict=True)],
+            ablation_canonical={"correct": (canonical - base_canonical)[0].item(),
+                                "misconception": (canonical - base_canonical)[1].item()},
+            ablation_family=estimates,
+            neuronpedia_url=f"https://www.neuronpedia.org/{spec.neuronpedia}/{feature}" if spec.neuronpedia else None,
+        )
+
+    spacing = {}
+    numbers = {k: int(v) for k, v in params.prompt.answers.model_dump().items()}
+    for name, text in settings.spacing_variants.items():
+        variant = parse_arithmetic(text)
+        prepared_variant = prepare_prompt(model, text, {k: variant.answer_text(n) for k, n in numbers.items()})
+        scores = score_answers(model, [prepared_variant.tokens] * 2,
+                               [prepared_variant.answers[n].token_ids for n in ("correct", "misconception")])
+        latents = final_latents(model, sae, spec.hook, prepared_variant.tokens)
+        spacing[name] = SpacingResult(prompt=prepared_variant.context, p_correct=scores.logprob[0].exp().item(),
+                                      p_misconception=scores.logprob[1].exp().item(),
+                                      activations={str(f): latents[f].item() for f in ids})
+    result = SaeResult(
+        source=spec.source, hook=spec.hook, d_sae=sae.cfg.d_sae, release=spec.release, sae_id=spec.sae_id,
+        neuronpedia=spec.neuronpedia, quality=quality, metric=attr.metric,
+        n_active=int((attr.activations > 0).sum()), n_active_control=int((control_latents > 0).sum()),
+        top_by_activation=by_activation, top_by_attribution=by_attribution, reported=list(spec.report_features),
+        features=features, spacing=spacing,
+    )
+    tensors = {"activations": attr.activations, "gradients": attr.gradients, "control_activations": control_latents,
+               "feature_ids": torch.tensor(ids), "unit_logit_effects": effects,
+               "family_ablation_deltas": torch.stack([family_deltas[f] for f in ids])}
+    return result, tensors
+
+
+def run(model, params: Params, key: str, paths: StagePaths) -> SaeMetrics:
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # gradients are taken with respect to SAE latents only
+    spec_model = params.model(key)
+    answers = params.prompt.answers.model_dump()
+    prepared = prepare_prompt(model, params.prompt.canonical, answers)
+    control = prepare_prompt(model, params.prompt.control, answers)
+    family = sae_train.family_prompts(model, params)
+    trained = sae_train.load_results(StagePaths(key, sae_train.STAGE, root=paths.root))
+    train_dir = sae_train.out_dir(paths)
+    results, tensors = {}, {}
+    for name, spec in spec_model.saes.items():
+        sae = sae_train.load_sae(key, name, spec, train_dir, device=model.cfg.device)
+        stats = load_tensors(train_dir / name / "stats.safetensors", {"mean_activation": (spec.d_sae,)})
+        results[name], sae_tensors = analyse_sae(model, params, spec, sae, stats, trained.saes[name].quality,
+                                                 prepared, control, family)
+        tensors.update({f"{name}/{k}": v for k, v in sae_tensors.items()})
+    metrics = SaeMetrics(
+        model=key, prompt=prepared.context, control_prompt=control.context,
+        attribution_metric=params.sae.attribution_metric, ablation=params.sae.ablation,
+        answers={n: prepared.answers[n].first_token for n in ("correct", "misconception")},
+        n_family_prompts=len(family), saes=results,
+    )
+    save_tensors(paths.tensors, tensors)
+    save_json(paths.metrics, metrics)
+    head_metrics = load_json(StagePaths(key, heads_stage.STAGE, root=paths.root).metrics, heads_stage.HeadsMetrics)
+    save_figure(paths.figure("sae_features"), plot_top_features(metrics))
+    save_figure(paths.figure("sae_control"), plot_control_features(metrics))
+    save_figure(paths.figure("sae_logits"), plot_logit_contributions(metrics))
+    save_figure(paths.figure("sae_ablation"), plot_ablation(metrics))
+    save_figure(paths.figure("sae_spacing"), plot_spacing(metrics, head_metrics))
+    return metrics
+
+
+def load_results(paths: StagePaths) -> SaeMetrics:
+    return load_json(paths.metrics, SaeMetrics)
+
+
+# --- figures ---------------------------------------------------------------------------
+
+def feature_order(result: SaeResult) -> list[int]:
+    """Top by activation, then by attribution, then the reported ones, without repeats."""
+    return list(dict.fromkeys(result.top_by_activation + result.top_by_attribution + result.reported))
+
+
+def _label(feature: int) -> str:
+    return f"#{feature}"
+
+
+@styled
+def plot_top_features(metrics: SaeMetrics):
+    """Figure 3: the top features by activation and by attribution, canonical prompt."""
+    from matplotlib.figure import Figure
+
+    names = list(metrics.saes)
+    fig = Figure(figsize=(6.8, 2.4 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 2, squeeze=False)
+    for row, name in enumerate(names):
+        result = metrics.saes[name]
+        acts = [result.features[str(f)] for f in result.top_by_activation]
+        axes[row, 0].bar([_label(f.id) for f in acts], [f.activation for f in acts], color=COLORS["accent"])
+        axes[row, 0].set_title(f"{name}: top features by activation")
+        axes[row, 0].set_ylabel("activation")
+        attrs = [result.features[str(f)] for f in result.top_by_attribution]
+        axes[row, 1].bar([_label(f.id) for f in attrs], [f.attribution for f in attrs],
+                         color=[COLORS["misconception"] if f.attribution > 0 else COLORS["correct"] for f in attrs])
+        axes[row, 1].axhline(0, color="black", linewidth=0.6)
+        axes[row, 1].set_title(f"{name}: top features by |attribution|")
+        axes[row, 1].set_ylabel(f"attribution to {metrics.attribution_metric}")
+    return fig
+
+
+@styled
+def plot_control_features(metrics: SaeMetrics):
+    """Figure 5 (SAE half): the top attribution features, canonical prompt against control."""
+    from matplotlib.figure import Figure
+
+    names = list(metrics.saes)
+    fig = Figure(figsize=(6.8, 2.3 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    width = 0.38
+    for ax, name in zip(axes, names, strict=True):
+        result = metrics.saes[name]
+        ids = list(dict.fromkeys(result.top_by_attribution + result.reported))
+        feats = [result.features[str(f)] for f in ids]
+        x = range(len(feats))
+        ax.bar([i - width / 2 for i in x], [f.activation for f in feats], width, color=COLORS["misconception"],
+               label="canonical prompt")
+        ax.bar([i + width / 2 for i in x], [f.control_activation for f in feats], width, color=COLORS["control"],
+               label="control prompt")
+        ax.set_xticks(list(x), [_label(f.id) for f in feats])
+        ax.set_ylabel("activation")
+        ax.set_title(f"{name}: top attribution features{' and reported ones' if result.reported else ''}")
+    axes[0].legend(frameon=False)
+    return fig
+
+
+@styled
+def plot_logit_contributions(metrics: SaeMetrics):
+    """Figure 9: direct logit contribution of the top attribution feature of each SAE."""
+    from matplotlib.figure import Figure
+
+    names = list(metrics.saes)
+    fig = Figure(figsize=(6.8, 3.0 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    for ax, name in zip(axes, names, strict=True):
+        result = metrics.saes[name]
+        feature = result.features[str(result.top_by_attribution[0])]
+        rows = [(f"correct {quote_token(metrics.answers['correct'])}", feature.logit_contribution["correct"], COLORS["correct"]),
+                (f"misconception {quote_token(metrics.answers['misconception'])}",
+                 feature.logit_contribution["misconception"], COLORS["misconception"])]
+        rows += [(quote_token(t.token), feature.activation * t.effect, COLORS["control"]) for t in feature.top_promoted[:4]]
+        rows += [(quote_token(t.token), feature.activation * t.effect, COLORS["control"]) for t in feature.top_suppressed[:4]]
+        labels, values, colors = zip(*rows, strict=True)
+        ax.barh(range(len(rows)), values, color=colors)
+        ax.set_yticks(range(len(rows)), labels)
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("direct logit contribution (activation × decoder direction → unembedding)")
+        ax.set_title(f"{name}: feature {_label(feature.id)} (activation {feature.activation:.2f})")
+    return fig
+
+
+@styled
+def plot_ablation(metrics: SaeMetrics):
+    """Zeroing (or mean-ablating) each feature: change in first-token probabilities on the family."""
+    from matplotlib.figure import Figure
+
+    names = list(metrics.saes)
+    fig = Figure(figsize=(6.8, 2.4 * len(names)), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    width = 0.38
+    for ax, name in zip(axes, names, strict=True):
+        result = metrics.saes[name]
+        feats = [result.features[str(f)] for f in feature_order(result)]
+        for offset, answer, color in ((-width / 2, "correct", COLORS["correct"]), (width / 2, "copy", COLORS["misconception"])):
+            est = [f.ablation_family[answer] for f in feats]
+            ax.bar([i + offset for i in range(len(feats))], [e.mean for e in est], width, color=color,
+                   yerr=[[e.mean - e.low for e in est], [e.high - e.mean for e in est]], capsize=2,
+                   label=f"P({answer})" if answer == "correct" else "P(copy of previous answer)")
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xticks(range(len(feats)), [_label(f.id) for f in feats])
+        ax.set_ylabel("change in probability")
+        ax.set_title(f"{name}: ablating one feature, prompt family (n = {metrics.n_family_prompts})")
+    axes[0].legend(frameon=False, fontsize=7)
+    return fig
+
+
+@styled
+def plot_spacing(metrics: SaeMetrics, head_metrics: heads_stage.HeadsMetrics):
+    """Figure 7: attention (top) and feature activations (bottom) across spacing variants."""
+    from matplotlib.figure import Figure
+
+    variants = list(head_metrics.spacing)
+    names = list(metrics.saes)
+    fig = Figure(figsize=(6.8, 2.2 * (1 + len(names))), layout="constrained")
+    axes = fig.subplots(1 + len(names), 1, squeeze=False)[:, 0]
+    width = 0.8 / len(variants)
+    heads = [f"L{l}H{h}" for l, h in head_metrics.figure_heads]
+    for j, variant in enumerate(variants):
+        axes[0].bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(heads))],
+                    head_metrics.spacing[variant].to_previous_answer, width, label=variant)
+    axes[0].set_xticks(range(len(heads)), heads)
+    axes[0].set_ylabel("attention to the\nprevious answer")
+    axes[0].set_title("attention from the final position")
+    axes[0].legend(frameon=False)
+    for ax, name in zip(axes[1:], names, strict=True):
+        result = metrics.saes[name]
+        ids = list(dict.fromkeys(result.top_by_attribution + result.reported))
+        for j, variant in enumerate(variants):
+            acts = [result.spacing[variant].activations[str(f)] for f in ids]
+            ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(ids))], acts, width, label=variant)
+        ax.set_xticks(range(len(ids)), [_label(f) for f in ids])
+        ax.set_ylabel("activation")
+        ax.set_title(f"{name}: top attribution features")
+    return fig
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    main()

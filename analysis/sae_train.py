@@ -1,0 +1,326 @@
+"""Sparse autoencoders: train one (bundled model) or load the pretrained ones (GPT-2 small),
+and measure their quality on the same corpus.
+
+DVC stage `sae_train@<model>`. Reads params.yaml [seed, models.<model>, family,
+sae_training]; writes data/<model>/sae_train/<sae>/ (a trained SAE in sae_lens' format:
+cfg.json and sae_weights.safetensors; for a pretrained one, source.json naming what was
+loaded) with stats.safetensors (each latent's mean activation and firing rate on the
+held-out corpus), and data/<model>/metrics/sae_train.json.
+
+- `source: trained`: a TopK SAE trained with sae_lens' own SAETrainer on activations of
+  the model at the SAE's hook, over the corpus of analysis/corpus.py (prose shipped with
+  Python, mixed with arithmetic). Seeded; a few CPU minutes.
+- `source: pretrained`: `SAE.from_pretrained(release, sae_id)` from the Hugging Face hub,
+  with the model loaded as those releases expect (transformer_lens' default processing).
+
+Quality, on held-out windows of the corpus: explained variance, L0, the fraction of
+latents that never fire, next-token loss with the SAE spliced in (no error term) against
+the clean model and against the hook zero-ablated, and first-token answer accuracy on
+the prompt family with and without the SAE.
+
+    python -m analysis.sae_train --model smollm2-135m
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor
+
+from analysis.artifacts import StagePaths, load_json, save_json, save_tensors, to_json_bytes
+from analysis.corpus import build_corpus
+from analysis.models import hub_error, require_hub
+from analysis.params import Params, SaeParams
+from analysis.prompts import PreparedPrompt, few_shot_family, group_by_length, prepare_prompt
+from analysis.scoring import final_logits
+from analysis.stage import run_stage
+
+STAGE = "sae_train"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def hook_layer(hook: str) -> int:
+    match = re.match(r"blocks\.(\d+)\.", hook)
+    if not match:
+        raise ValueError(f"{hook!r} is not a block hook such as 'blocks.9.hook_resid_pre'")
+    return int(match.group(1))
+
+
+@torch.no_grad()
+def collect_activations(model, windows: Int[Tensor, "window pos"], hook: str,
+                        batch_size: int = 32) -> Float[Tensor, "token d_in"]:
+    """Activations at `hook` for every position but the first (the attention sink, whose
+    norm is an outlier), running the model only as far as the hook's block."""
+    store: list[Tensor] = []
+
+    def keep(x: Tensor, hook) -> None:
+        store.append(x[:, 1:].reshape(-1, x.shape[-1]).cpu())
+
+    for start in range(0, len(windows), batch_size):
+        model.run_with_hooks(windows[start : start + batch_size].to(model.cfg.device),
+                             stop_at_layer=hook_layer(hook) + 1, fwd_hooks=[(hook, keep)])
+    return torch.cat(store)
+
+
+def shuffled_batches(activations: Tensor, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Endless epochs of the activations in a seeded random order."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(len(activations), generator=generator)
+        for start in range(0, len(activations) - batch_size + 1, batch_size):
+            yield activations[order[start : start + batch_size]]
+
+
+def train_topk_sae(activations: Float[Tensor, "token d_in"], d_sae: int, k: int, lr: float, batch_size: int,
+                   epochs: int, seed: int, device: str = "cpu"):
+    """A TopK SAE fitted by sae_lens' SAETrainer; returns the inference SAE."""
+    from sae_lens import SAE, LoggingConfig, SAETrainer, TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    torch.manual_seed(seed)
+    cfg = TopKTrainingSAEConfig(d_in=activations.shape[1], d_sae=d_sae, k=k, device=device,
+                                normalize_activations="expected_average_only_in")
+    sae = TopKTrainingSAE(cfg)
+    steps = epochs * (len(activations) // batch_size)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=steps * batch_size, train_batch_size_samples=batch_size,
+        lr=lr, lr_end=lr / 10, lr_scheduler_name="constant", lr_warm_up_steps=min(50, steps // 10),
+        lr_decay_steps=steps // 5, device=device, n_batches_for_norm_estimate=min(50, steps),
+        dead_feature_window=max(steps // 5, 1), feature_sampling_window=max(steps // 2, 1),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    SAETrainer(trainer_cfg, sae, shuffled_batches(activations.to(device), batch_size, seed)).fit()
+    with tempfile.TemporaryDirectory() as tmp:
+        sae.save_inference_model(tmp)
+        return SAE.load_from_disk(tmp, device=device)
+
+
+def load_sae(key: str, name: str, spec: SaeParams, train_dir: Path, device: str = "cpu"):
+    """The SAE named in params: from this stage's output (trained) or from the hub."""
+    from sae_lens import SAE
+
+    if spec.source == "trained":
+        return SAE.load_from_disk(train_dir / name, device=device)
+    require_hub(key, f"the SAE {spec.release}/{spec.sae_id}")
+    try:
+        return SAE.from_pretrained(spec.release, spec.sae_id, device=device)
+    except OSError as exc:
+        raise hub_error(key, f"the SAE {spec.release}/{spec.sae_id}", str(exc).splitlines()[0]) from exc
+
+
+def splice(sae, error: bool = True, edit: Callable[[Tensor], Tensor] | None = None,
+           first_position: int = 1) -> Callable:
+    """A hook that routes the activation through the SAE from `first_position` on.
+
+    With `error`, the SAE's error term is added back: x -> decode(edit(encode(x))) +
+    (x - decode(encode(x))), which is x itself when `edit` is None; an edit then changes
+    the activation by exactly the change in the decoded latents.
+    """
+    def hook(x: Tensor, hook) -> Tensor:
+        part = x[:, first_position:]
+        latents = sae.encode(part)
+        clean = sae.decode(latents)
+        new = sae.decode(edit(latents) if edit else latents)
+        out = new + (part - clean) if error else new
+        return torch.cat([x[:, :first_position], out], dim=1)
+
+    return hook
+
+
+# --- quality ---------------------------------------------------------------------------
+
+class Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Quality(Schema):
+    explained_variance: float
+    l0: float
+    dead_fraction: float  # latents that never fire on the held-out tokens
+    ce_loss_clean: float
+    ce_loss_spliced: float
+    ce_loss_zero_ablated: float
+    ce_loss_recovered: float  # (zero - spliced) / (zero - clean)
+    answer_accuracy_clean: float  # first-token accuracy on the prompt family
+    answer_accuracy_spliced: float
+    n_heldout_tokens: int
+    n_family_prompts: int
+
+
+@torch.no_grad()
+def _next_token_loss(model, windows: Tensor, hooks: list) -> float:
+    total, count = 0.0, 0
+    for start in range(0, len(windows), 16):
+        batch = windows[start : start + 16].to(model.cfg.device)
+        logprobs = model.run_with_hooks(batch, fwd_hooks=hooks).log_softmax(-1)
+        picked = logprobs[:, 1:-1].gather(-1, batch[:, 2:, None])[..., 0]  # predictions from position 1 on
+        total += -picked.sum().item()
+        count += picked.numel()
+    return total / count
+
+
+def family_prompts(model, params: Params) -> list[PreparedPrompt]:
+    """The prompt family, prepared with the right answer and a copy of the previous one."""
+    family = few_shot_family(params.family.n_prompts, params.family.n_shots, params.family.max_operand,
+                             params.family.seed)
+    return [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
+            for p in family]
+
+
+@torch.no_grad()
+def _family_accuracy(model, prepared: list[PreparedPrompt], hooks: list) -> float:
+    right = 0
+    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
+        logits = final_logits(model, torch.stack([prepared[i].tokens for i in indices]), hooks)
+        correct = torch.tensor([prepared[i].answers["correct"].first_token_id for i in indices])
+        right += int((logits.argmax(-1).cpu() == correct).sum())
+    return right / len(prepared)
+
+
+@torch.no_grad()
+def evaluate_sae(model, sae, hook: str, heldout: Tensor, params: Params) -> tuple[Quality, dict[str, Tensor]]:
+    acts = collect_activations(model, heldout, hook)
+    latents = sae.encode(acts.to(sae.device))
+    recon = sae.decode(latents).cpu()
+    residual = ((acts - recon) ** 2).sum()
+    variance = ((acts - acts.mean(0)) ** 2).sum()
+    fired = (latents > 0).cpu()
+    clean = _next_token_loss(model, heldout, [])
+    spliced = _next_token_loss(model, heldout, [(hook, splice(sae, error=False))])
+    zeroed = _next_token_loss(model, heldout, [(hook, lambda x, hook: torch.cat([x[:, :1], 0 * x[:, 1:]], 1))])
+    family = family_prompts(model, params)
+    acc_clean = _family_accuracy(model, family, [])
+    acc_spliced = _family_accuracy(model, family, [(hook, splice(sae, error=False))])
+    quality = Quality(
+        explained_variance=(1 - residual / variance).item(),
+        l0=fired.sum(-1).double().mean().item(),
+        dead_fraction=(~fired.any(0)).double().mean().item(),
+        ce_loss_clean=clean, ce_loss_spliced=spliced, ce_loss_zero_ablated=zeroed,
+        ce_loss_recovered=(zeroed - spliced) / (zeroed - clean),
+        answer_accuracy_clean=acc_clean, answer_accuracy_spliced=acc_spliced,
+        n_heldout_tokens=len(acts), n_family_prompts=len(family),
+    )
+    stats = {"mean_activation": latents.mean(0).cpu(), "firing_rate": fired.double().mean(0).float()}
+    return quality, stats
+
+
+# --- results ---------------------------------------------------------------------------
+
+class SaeRecord(Schema):
+    source: str
+    hook: str
+    d_in: int
+    d_sae: int
+    architecture: str
+    release: str | None
+    sae_id: str | None
+    neuronpedia: str | None
+    training: dict[str, float | int | str] | None
+    quality: Quality
+
+
+class CorpusRecord(Schema):
+    prose_source: str
+    prose_sha256: str
+    python_version: str
+    context_size: int
+    n_train_windows: int
+    n_heldout_windows: int
+    n_prose_train_windows: int
+    n_arithmetic_train_windows: int
+
+
+class SaeTrainMetrics(Schema):
+    model: str
+    corpus: CorpusRecord
+    saes: dict[str, SaeRecord]
+
+
+def _write_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling folder, then rename it into place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        write(tmp)
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and save_file make owner-only modes
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def out_dir(paths: StagePaths) -> Path:
+    return paths.model_dir / STAGE
+
+
+def run(model, params: Params, key: str, paths: StagePaths) -> SaeTrainMetrics:
+    spec_model, settings = params.model(key), params.sae_training
+    corpus = build_corpus(model, settings.corpus.context_size, settings.corpus.prose_windows,
+                          settings.corpus.arithmetic_windows, settings.corpus.heldout_fraction,
+                          params.family.max_operand, settings.corpus.seed)
+    records = {}
+    with tempfile.TemporaryDirectory() as staging:
+        for name, spec in spec_model.saes.items():
+            folder = Path(staging) / name
+            folder.mkdir()
+            training = None
+            if spec.source == "trained":
+                acts = collect_activations(model, corpus.train, spec.hook)
+                sae = train_topk_sae(acts, spec.d_sae, settings.k, settings.lr, settings.batch_size,
+                                     settings.epochs, settings.seed, device=model.cfg.device)
+                del acts
+                sae.save_model(folder)
+                training = {"architecture": "topk", "k": settings.k, "lr": settings.lr,
+                            "batch_size": settings.batch_size, "epochs": settings.epochs, "seed": settings.seed}
+            else:
+                sae = load_sae(key, name, spec, Path(staging), device=model.cfg.device)
+                (folder / "source.json").write_bytes(to_json_bytes({"release": spec.release, "sae_id": spec.sae_id}))
+            if (sae.cfg.d_in, sae.cfg.d_sae) != (spec.d_in, spec.d_sae):
+                raise ValueError(f"SAE {name}: loaded d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}; params.yaml "
+                                 f"models.{key}.saes.{name} declares d_in={spec.d_in}, d_sae={spec.d_sae}")
+            quality, stats = evaluate_sae(model, sae, spec.hook, corpus.heldout, params)
+            save_tensors(folder / "stats.safetensors", stats)
+            records[name] = SaeRecord(
+                source=spec.source, hook=spec.hook, d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
+                architecture=sae.cfg.architecture(), release=spec.release, sae_id=spec.sae_id,
+                neuronpedia=spec.neuronpedia, training=training, quality=quality,
+            )
+        _write_dir(out_dir(paths), lambda tmp: [shutil.copytree(Path(staging) / n, tmp / n) for n in records])
+    metrics = SaeTrainMetrics(
+        model=key,
+        corpus=CorpusRecord(
+            prose_source=f"pydoc_data.topics of CPython {platform.python_version()}",
+            prose_sha256=corpus.prose_sha256, python_version=platform.python_version(),
+            context_size=settings.corpus.context_size, n_train_windows=len(corpus.train),
+            n_heldout_windows=len(corpus.heldout), n_prose_train_windows=int((corpus.source == 0).sum()),
+            n_arithmetic_train_windows=int((corpus.source == 1).sum()),
+        ),
+        saes=records,
+    )
+    save_json(paths.metrics, metrics)
+    return metrics
+
+
+def load_results(paths: StagePaths) -> SaeTrainMetrics:
+    return load_json(paths.metrics, SaeTrainMetrics)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage(STAGE, run, argv)
+
+
+if __name__ == "__main__":
+    main()
