@@ -16,9 +16,13 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export TQDM_DISABLE := 1
 
-.PHONY: all setup test gpt2 paper repro lock clean-venv
+.PHONY: all setup test gpt2 paper pull repro lock clean-venv
+
+# Bad params fail here, before DVC removes any stage's old outputs.
+CHECK_PARAMS := $(BIN)/python -m analysis.params
 
 all: setup  ## the whole pipeline and paper for the bundled model
+	$(CHECK_PARAMS)
 	dvc repro paper@$(MODEL)
 	@echo "paper: paper/_build/$(MODEL)/index.html and index.pdf"
 
@@ -36,12 +40,18 @@ test: setup  ## every test: unit, integration (bundled model), pipeline end to e
 	$(BIN)/python -m pytest
 
 gpt2: setup  ## the study's own model; needs the Hugging Face hub
+	$(CHECK_PARAMS)
 	dvc repro paper@gpt2-small
 
-paper: setup  ## rebuild one paper from cached artifacts (after `dvc pull`); no model needed
+pull: setup  ## fetch every model's cached results from the DVC remote
+	$(BIN)/python -m analysis.pull
+
+paper: setup  ## rebuild one paper from cached artifacts (after `make pull`); no model needed
+	$(CHECK_PARAMS)
 	dvc repro --force --single-item paper@$(MODEL)
 
 repro: setup  ## every stage of every model in params.yaml
+	$(CHECK_PARAMS)
 	dvc repro
 
 lock:  ## regenerate requirements.lock from pyproject.toml in a scratch venv

@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +63,8 @@ class StagePaths:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -71,6 +75,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
+    """Fill a temporary sibling folder with write(folder), then rename it into place."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a writer that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        write(tmp)
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and some writers make owner-only modes
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -108,7 +131,7 @@ def load_json(path: Path, schema: type[M]) -> M:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc}); restore it with `dvc checkout {path}`") from None
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); restore it with `dvc checkout --force {path}`") from None
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
@@ -116,7 +139,7 @@ def load_json(path: Path, schema: type[M]) -> M:
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
         raise ArtifactError(
             f"{path}: does not match the {schema.__name__} schema at {field}: {first['msg']}. "
-            f"Restore it with `dvc checkout {path}` or rebuild it with `dvc repro`."
+            f"Restore it with `dvc checkout --force {path}` or rebuild it with `dvc repro`."
         ) from None
 
 
@@ -133,10 +156,10 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...] | int] | None =
     try:
         tensors = load_safetensors_bytes(path.read_bytes())
     except Exception as exc:  # safetensors raises its own error types for truncation
-        raise ArtifactError(f"{path}: unreadable safetensors ({exc}); restore it with `dvc checkout {path}`") from None
+        raise ArtifactError(f"{path}: unreadable safetensors ({exc}); restore it with `dvc checkout --force {path}`") from None
     for name, shape in (expected or {}).items():
         if name not in tensors:
-            raise ArtifactError(f"{path}: tensor {name!r} missing; restore it with `dvc checkout {path}`")
+            raise ArtifactError(f"{path}: tensor {name!r} missing; restore it with `dvc checkout --force {path}`")
         actual = tuple(tensors[name].shape)
         if (isinstance(shape, int) and len(actual) != shape) or (isinstance(shape, tuple) and actual != shape):
             raise ArtifactError(f"{path}: tensor {name!r} has shape {actual}, expected {shape}")

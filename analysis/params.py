@@ -159,7 +159,10 @@ class PaperParams(Section):
     @field_validator("date")
     @classmethod
     def _iso_date(cls, value: str) -> str:
-        datetime.fromisoformat(value)
+        try:
+            datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("an ISO 8601 date and time, such as 2026-11-24T00:00:00Z") from None
         return value
 
 

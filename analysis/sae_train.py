@@ -23,7 +23,6 @@ the prompt family with and without the SAE.
 
 from __future__ import annotations
 
-import os
 import platform
 import re
 import shutil
@@ -36,7 +35,7 @@ from jaxtyping import Float, Int
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from analysis.artifacts import StagePaths, load_json, save_json, save_tensors, to_json_bytes
+from analysis.artifacts import StagePaths, atomic_write_dir, load_json, save_json, save_tensors, to_json_bytes
 from analysis.corpus import build_corpus
 from analysis.models import hub_error, require_hub
 from analysis.params import Params, SaeParams
@@ -45,8 +44,6 @@ from analysis.scoring import final_logits
 from analysis.stage import run_stage
 
 STAGE = "sae_train"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def hook_layer(hook: str) -> int:
@@ -246,22 +243,6 @@ class SaeTrainMetrics(Schema):
     saes: dict[str, SaeRecord]
 
 
-def _write_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Fill a temporary sibling folder, then rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        write(tmp)
-        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and save_file make owner-only modes
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def out_dir(paths: StagePaths) -> Path:
     return paths.model_dir / STAGE
 
@@ -298,7 +279,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeTrainMetrics:
                 architecture=sae.cfg.architecture(), release=spec.release, sae_id=spec.sae_id,
                 neuronpedia=spec.neuronpedia, training=training, quality=quality,
             )
-        _write_dir(out_dir(paths), lambda tmp: [shutil.copytree(Path(staging) / n, tmp / n) for n in records])
+        atomic_write_dir(out_dir(paths), lambda tmp: [shutil.copytree(Path(staging) / n, tmp / n) for n in records])
     metrics = SaeTrainMetrics(
         model=key,
         corpus=CorpusRecord(

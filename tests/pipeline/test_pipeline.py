@@ -167,3 +167,80 @@ def test_push_clone_pull_restores_everything_and_the_paper_builds_without_a_mode
     run([sys.executable, "-m", "analysis.paper", "--model", MODEL], clone, env)
     assert pdf.read_bytes() == (repo / f"paper/_build/{MODEL}/index.pdf").read_bytes()
     assert html.read_bytes() == (repo / f"paper/_build/{MODEL}/index.html").read_bytes()
+
+
+def test_a_stage_killed_mid_write_leaves_no_partial_output_and_repro_recovers(workspace):
+    repo, root = workspace["repo"], workspace["root"]
+    before = outputs(repo)
+    killer = root / "kill-on-rename"
+    killer.mkdir()
+    (killer / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "_replace = os.replace\n"
+        "def replace(src, dst, *args, **kwargs):\n"
+        "    if str(dst).endswith(os.environ['KILL_ON_RENAME_TO']):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)  # the temporary file is written; the rename never happens\n"
+        "    return _replace(src, dst, *args, **kwargs)\n"
+        "os.replace = replace\n"
+    )
+    env = base_env(repo)
+    env.update(PYTHONPATH=f"{killer}{os.pathsep}{repo}", KILL_ON_RENAME_TO="metrics/heads.json")
+    killed = run(["dvc", "repro", "--force", "--single-item", f"heads@{MODEL}"], repo, env, check=False)
+    assert killed.returncode != 0
+    metrics = repo / f"data/{MODEL}/metrics/heads.json"
+    old = before[f"data/{MODEL}/metrics/heads.json"]
+    # the output is the old file or absent, never a partial one
+    if metrics.exists():
+        import hashlib
+        assert hashlib.md5(metrics.read_bytes()).hexdigest() == old
+    assert list(metrics.parent.glob(".heads.json.*.tmp"))  # the killed writer's temporary file
+    assert f"heads@{MODEL}" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
+
+    run(["dvc", "repro", f"paper@{MODEL}"], repo)  # DVC re-runs the stage or restores it from its cache
+    assert outputs(repo) == before  # the same bytes as the uninterrupted run
+    assert "up to date" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
+
+
+def test_a_damaged_result_is_detected_refused_and_restored(workspace):
+    repo = workspace["repo"]
+    relative = f"data/{MODEL}/metrics/logit_lens.json"
+    path = repo / relative
+    good = path.read_bytes()
+    for damaged, expected in ((good[: len(good) // 2], "not valid JSON"),
+                              (b'{"model": "x"}\n', "does not match the LogitLensMetrics schema")):
+        path.write_bytes(damaged)
+        status = run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
+        assert "modified" in status and relative in status
+        refused = run([sys.executable, "-m", "analysis.paper", "--model", MODEL], repo, check=False)
+        assert refused.returncode == 4
+        assert relative in refused.stderr and expected in refused.stderr and "dvc checkout --force" in refused.stderr
+        run(["dvc", "checkout", "--force", relative], repo)
+        assert path.read_bytes() == good
+    assert "up to date" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
+
+
+def test_pull_says_which_remote_or_which_results_are_missing(workspace):
+    repo, root = workspace["repo"], workspace["root"]
+    fresh = root / "fresh-clone"
+    run(["git", "clone", "-q", str(repo), str(fresh)], root)
+    pull = [sys.executable, "-m", "analysis.pull", "--model", MODEL]
+
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(root / "nowhere")], fresh)
+    no_remote = run(pull, fresh, check=False)
+    assert no_remote.returncode == 5
+    assert str(root / "nowhere") in no_remote.stderr and "does not exist" in no_remote.stderr
+    assert "dvc push" in no_remote.stderr
+
+    empty = root / "empty-remote"
+    empty.mkdir()
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(empty)], fresh)
+    missing = run(pull, fresh, check=False)
+    assert missing.returncode == 6
+    assert "not in the remote" in missing.stderr and f"data/{MODEL}/metrics/logit_lens.json" in missing.stderr
+    assert "`dvc push`" in missing.stderr
+
+    never = run([sys.executable, "-m", "analysis.pull", "--model", "gpt2-small"], fresh, check=False)
+    assert never.returncode == 6 and "records no results" in never.stderr and "make gpt2" in never.stderr
+
+    run(["dvc", "remote", "modify", "--local", "local", "url", str(workspace["remote"])], fresh)
+    assert run(pull, fresh).stdout.strip() == f"{MODEL}: pulled"

@@ -90,3 +90,27 @@ def test_the_same_figure_gives_the_same_bytes(tmp_path):
     artifacts.save_figure(tmp_path / "b.svg", draw())
     a, b = (tmp_path / "a.svg").read_bytes(), (tmp_path / "b.svg").read_bytes()
     assert a == b and b"<dc:date>" not in a
+
+
+def test_a_write_removes_what_a_killed_writer_left(tmp_path):
+    stale = tmp_path / ".out.json.abc123.tmp"
+    stale.write_text("half a file")
+    other = tmp_path / ".other.json.abc123.tmp"
+    other.write_text("not ours")
+    save_json(tmp_path / "out.json", {"v": 1})
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.abc123.tmp", "out.json"]
+
+
+def test_a_directory_output_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "sae_train"
+
+    def write(folder):
+        (folder / "a.txt").write_text("a")
+        raise RuntimeError("killed halfway")
+
+    with pytest.raises(RuntimeError):
+        artifacts.atomic_write_dir(target, write)
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    artifacts.atomic_write_dir(target, lambda folder: (folder / "b.txt").write_text("b"))
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
