@@ -40,7 +40,7 @@ from analysis.plotting import COLORS, styled
 from analysis.prompts import ArithmeticPrompt, PreparedPrompt, parse_arithmetic, prepare_prompt
 from analysis.scoring import continues_number, score_and_read, score_answers
 from analysis.stage import run_stage
-from analysis.stats import cluster_bootstrap
+from analysis.stats import Estimate, cluster_bootstrap
 
 STAGE = "behaviour"
 CONDITIONS = ("zero_shot", "few_shot", "study_context")
@@ -141,13 +141,6 @@ def compute_number_probs(model, contexts: list[str], numbers: list[int], continu
 
 class Schema(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class Estimate(Schema):
-    mean: float | None
-    low: float | None
-    high: float | None
-    n: int
 
 
 class Item(Schema):

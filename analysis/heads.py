@@ -1,8 +1,8 @@
 """Attention heads (the study's Figures 2 and 5): which heads copy the context's answers.
 
 DVC stage `heads@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
-stats, heads, sae.spacing_variants]; writes data/<model>/heads.safetensors, data/<model>/metrics/heads.json
-and data/<model>/figures/heads_*.svg.
+stats, heads, sae.spacing_variants]; writes data/<model>/heads.safetensors,
+data/<model>/metrics/heads.json and data/<model>/figures/heads_*.svg.
 
 Every head is measured, and the data name the heads:
 - induction and previous-token scores, on repeated random token sequences (the standard
@@ -14,7 +14,10 @@ Every head is measured, and the data name the heads:
 - direct logit attribution (DLA): each head's output at the final position, scaled by the
   final norm's scale as cached in the forward pass, projected on the unembedding
   direction of logit(misconception) - logit(correct). On the family, the same for
-  logit(previous example's answer) - logit(correct): how much a head pushes the copy.
+  logit(previous example's answer) - logit(correct): how much a head pushes the copy;
+- ablation (the study's hypothesis A): one head's output zeroed (or set to its mean),
+  the change in the first-token probabilities of the answers on the canonical prompt and,
+  with 95% bootstrap intervals, on the family (correct answer against the copy).
 
     python -m analysis.heads --model smollm2-135m
 """
@@ -39,8 +42,9 @@ from analysis.prompts import (
     prepare_prompt,
     token_positions,
 )
+from analysis.scoring import first_token_probs
 from analysis.stage import run_stage
-from analysis.stats import bootstrap_ci
+from analysis.stats import Estimate, bootstrap_ci, estimate_mean
 
 STAGE = "heads"
 
@@ -179,6 +183,29 @@ def compute_head_dla(model, tokens: Int[Tensor, "batch pos"], plus_ids: Int[Tens
     )
 
 
+def head_ablation_hooks(layer: int, head: int, value: Tensor | None = None) -> list:
+    """Hooks that replace one head's output z (before W_O) with zero or a fixed value."""
+    def hook(z: Tensor, hook) -> Tensor:
+        z = z.clone()
+        z[:, :, head] = 0.0 if value is None else value.to(z.device)
+        return z
+    return [(f"blocks.{layer}.attn.hook_z", hook)]
+
+
+@torch.no_grad()
+def mean_head_output(model, prepared: list[PreparedPrompt], layer: int, head: int) -> Float[Tensor, "d_head"]:
+    """A head's z averaged over every position of every prompt (for mean ablation)."""
+    total, count = 0.0, 0
+    name = f"blocks.{layer}.attn.hook_z"
+    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
+        _, cache = model.run_with_cache(torch.stack([prepared[i].tokens for i in indices]).to(model.cfg.device),
+                                        names_filter=name, stop_at_layer=layer + 1)
+        z = cache[name][:, :, head]
+        total = total + z.sum((0, 1)).cpu()
+        count += z.shape[0] * z.shape[1]
+    return total / count
+
+
 # --- results ---------------------------------------------------------------------------
 
 class Schema(BaseModel):
@@ -219,6 +246,14 @@ class SpacingAttention(Schema):
     to_previous_answer: list[float]  # for each of figure_heads, at the final position
 
 
+class HeadAblation(Schema):
+    layer: int
+    head: int
+    roles: list[str]
+    canonical: dict[str, float]  # change in first-token probability: correct, misconception
+    family: dict[str, Estimate]  # mean change over the family: correct, copy
+
+
 class HeadsMetrics(Schema):
     model: str
     n_layers: int
@@ -242,6 +277,10 @@ class HeadsMetrics(Schema):
     configured_head: ConfiguredHead | None
     figure_heads: list[list[int]]  # the heads drawn in Figures 2 and 5, [layer, head]
     spacing: dict[str, SpacingAttention]  # the canonical prompt spaced otherwise (Figure 7)
+    ablation: str  # zero | mean
+    base_canonical: dict[str, float]  # first-token probabilities without ablation
+    base_family: dict[str, float]  # their means over the family
+    ablations: list[HeadAblation]
     family_examples: list[str]
 
 
@@ -357,6 +396,29 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
         spacing[name] = SpacingAttention(prompt=prepared_variant.context,
                                          to_previous_answer=[attention[l, h].item() for l, h in figure_heads])
 
+    roles: dict[tuple[int, int], list[str]] = {}
+    if configured:
+        roles.setdefault((configured.layer, configured.head), []).append("named in params")
+    roles.setdefault((top_induction.layer, top_induction.head), []).append("top induction")
+    for h in top[:3]:
+        roles.setdefault((h.layer, h.head), []).append("attends to the previous answer")
+    for h in top_dla[:2]:
+        roles.setdefault((h.layer, h.head), []).append("pushes the misconception (DLA)")
+    base_canonical = first_token_probs(model, [prepared], ("correct", "misconception"))[0]
+    base_family = first_token_probs(model, family_prepared, ("correct", "copy"))
+    ablations = []
+    for (layer, head), head_roles in roles.items():
+        value = mean_head_output(model, family_prepared, layer, head) if settings.ablation == "mean" else None
+        hooks = head_ablation_hooks(layer, head, value)
+        canonical_delta = first_token_probs(model, [prepared], ("correct", "misconception"), hooks)[0] - base_canonical
+        family_delta = first_token_probs(model, family_prepared, ("correct", "copy"), hooks) - base_family
+        ablations.append(HeadAblation(
+            layer=layer, head=head, roles=head_roles,
+            canonical={"correct": canonical_delta[0].item(), "misconception": canonical_delta[1].item()},
+            family={name: estimate_mean(family_delta[:, i], n_boot, seed, level)
+                    for i, name in enumerate(("correct", "copy"))},
+        ))
+
     def interval(mean: Tensor, low: Tensor, high: Tensor) -> Interval:
         return Interval(mean=mean.tolist(), low=low.tolist(), high=high.tolist(), n_prompts=len(family))
 
@@ -375,6 +437,10 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
         copy_dla_family=interval(copy_mean, copy_low, copy_high),
         top_heads=top, top_dla_heads=top_dla, top_induction_head=top_induction, configured_head=configured,
         figure_heads=figure_heads, spacing=spacing, family_examples=[p.text for p in family[:3]],
+        ablation=settings.ablation,
+        base_canonical={"correct": base_canonical[0].item(), "misconception": base_canonical[1].item()},
+        base_family={"correct": base_family[:, 0].mean().item(), "copy": base_family[:, 1].mean().item()},
+        ablations=ablations,
     )
     save_tensors(paths.tensors, {
         "induction_score": induction, "prev_token_score": previous,
@@ -387,6 +453,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
     save_figure(paths.figure("heads_scores"), plot_head_scores(metrics))
     save_figure(paths.figure("heads_patterns"), plot_attention_patterns(metrics, tensors))
     save_figure(paths.figure("heads_control"), plot_control_comparison(metrics, tensors))
+    save_figure(paths.figure("heads_ablation"), plot_head_ablation(metrics))
     return metrics
 
 
@@ -488,6 +555,29 @@ def plot_control_comparison(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
             ax.set_title(f"{_head_title(metrics, layer, head)}: canonical prompt" if col == 0 else "control prompt",
                          fontsize=8)
         axes[row, 0].set_ylabel("attention from\nfinal position")
+    return fig
+
+
+@styled
+def plot_head_ablation(metrics: HeadsMetrics):
+    """Figure 4 (heads): ablating one head, change in first-token probabilities on the family."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.8, 2.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.38
+    items = metrics.ablations
+    for offset, answer, color in ((-width / 2, "correct", COLORS["correct"]), (width / 2, "copy", COLORS["misconception"])):
+        est = [a.family[answer] for a in items]
+        ax.bar([i + offset for i in range(len(items))], [e.mean for e in est], width, color=color, capsize=2,
+               yerr=[[e.mean - e.low for e in est], [e.high - e.mean for e in est]],
+               label="P(correct)" if answer == "correct" else "P(copy of previous answer)")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(items)), [f"L{a.layer}H{a.head}" for a in items])
+    ax.set_ylabel("change in probability")
+    n = metrics.context_answer_attention_family.n_prompts
+    ax.set_title(f"{metrics.ablation}-ablating one head, prompt family (n = {n})")
+    ax.legend(frameon=False, fontsize=7)
     return fig
 
 

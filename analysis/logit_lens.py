@@ -1,14 +1,15 @@
 """Logit lens (the study's Figure 1): each answer's probability after every layer.
 
-DVC stage `logit_lens@<model>`. Reads params.yaml [seed, models.<model>, prompt,
-logit_lens]; writes data/<model>/logit_lens.safetensors,
-data/<model>/metrics/logit_lens.json and data/<model>/figures/logit_lens.svg.
+DVC stage `logit_lens@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
+stats, logit_lens]; writes data/<model>/logit_lens.safetensors,
+data/<model>/metrics/logit_lens.json and data/<model>/figures/logit_lens*.svg.
 
 At the final position, the residual stream after block l (`resid_post`) is passed
 through the final norm and the unembedding and softmaxed, as the study does. The norm's
 scale is recomputed for each layer's residual; this is the plain logit lens, which is
 biased in early layers (their residual is not yet in the unembedding's basis) and exact
-at the last layer, where it equals the model's own output.
+at the last layer, where it equals the model's own output. The same lens over the prompt
+family follows the right answer's first token and the previous example's answer's.
 
     python -m analysis.logit_lens --model smollm2-135m
 """
@@ -26,9 +27,10 @@ from torch import Tensor
 from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, quote_token, styled
-from analysis.prompts import PreparedPrompt, prepare_prompt
+from analysis.prompts import PreparedPrompt, few_shot_family, group_by_length, prepare_prompt
 from analysis.scoring import score_answers
 from analysis.stage import run_stage
+from analysis.stats import bootstrap_ci
 
 STAGE = "logit_lens"
 
@@ -72,6 +74,18 @@ class TopToken(Schema):
     prob: float
 
 
+class Band(Schema):
+    mean: list[float]  # per layer
+    low: list[float]
+    high: list[float]
+
+
+class FamilyLens(Schema):
+    n_prompts: int
+    correct: Band  # the right answer's first token
+    previous_answer: Band  # the previous example's answer's first token (a copy)
+
+
 class LogitLensMetrics(Schema):
     model: str
     model_label: str
@@ -83,6 +97,7 @@ class LogitLensMetrics(Schema):
     misconception: CandidateLens
     top_final: list[TopToken]
     lens_vs_output_max_abs_diff: float  # last layer's lens against the model's output
+    family: FamilyLens | None = None
 
     @model_validator(mode="after")
     def _lengths(self) -> LogitLensMetrics:
@@ -127,6 +142,25 @@ def summarize(key: str, label: str, prepared: PreparedPrompt, lens: LensProbs,
     )
 
 
+def compute_family_lens(model, prepared: list[PreparedPrompt]) -> Float[Tensor, "prompt layer 2"]:
+    """Lens probability of each prompt's correct and copy first tokens, at every layer."""
+    out = torch.empty(len(prepared), model.cfg.n_layers, 2)
+    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
+        lens = compute_logit_lens(model, torch.stack([prepared[i].tokens for i in indices]))
+        for row, i in enumerate(indices):
+            ids = [prepared[i].answers[name].first_token_id for name in ("correct", "copy")]
+            out[i] = lens.probs[row][:, ids]
+    return out
+
+
+def summarize_family(values: Float[Tensor, "prompt layer 2"], params: Params) -> FamilyLens:
+    bands = {}
+    for col, name in enumerate(("correct", "previous_answer")):
+        low, high = bootstrap_ci(values[..., col], params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
+        bands[name] = Band(mean=values[..., col].mean(0).tolist(), low=low.tolist(), high=high.tolist())
+    return FamilyLens(n_prompts=len(values), **bands)
+
+
 # --- figure ----------------------------------------------------------------------------
 
 @styled
@@ -155,6 +189,27 @@ def plot_logit_lens(metrics: LogitLensMetrics):
 
 # --- stage -----------------------------------------------------------------------------
 
+@styled
+def plot_family_lens(metrics: LogitLensMetrics):
+    """The logit lens over the prompt family: mean and 95% interval per layer."""
+    from matplotlib.figure import Figure
+
+    family = metrics.family
+    fig = Figure(figsize=(6.5, 2.6), layout="constrained")
+    ax = fig.subplots()
+    layers = range(metrics.n_layers)
+    for name, color, label in (("correct", COLORS["correct"], "correct answer"),
+                               ("previous_answer", COLORS["misconception"], "copy of the previous answer")):
+        band = getattr(family, name)
+        ax.plot(layers, band.mean, color=color, linewidth=1.5, label=f"{label} (first token)")
+        ax.fill_between(layers, band.low, band.high, color=color, alpha=0.25, linewidth=0)
+    ax.set_xlabel("layer (resid_post)")
+    ax.set_ylabel("lens probability")
+    ax.set_title(f"Logit lens over the prompt family (n = {family.n_prompts}, mean and 95% interval)")
+    ax.legend(frameon=False, loc="upper left")
+    return fig
+
+
 def load_results(paths: StagePaths) -> tuple[LogitLensMetrics, dict[str, Tensor]]:
     metrics = load_json(paths.metrics, LogitLensMetrics)
     tensors = load_tensors(paths.tensors, {"lens_probs": (metrics.n_layers, 2)})
@@ -170,13 +225,20 @@ def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
     answer_probs = {name: math.exp(lp) for name, lp in zip(names, scores.logprob.tolist(), strict=True)}
     metrics = summarize(key, spec.label, prepared, lens, answer_probs, params.logit_lens.top_k,
                         decode=lambda i: model.tokenizer.decode([i]))
+    family = [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
+              for p in few_shot_family(params.family.n_prompts, params.family.n_shots, params.family.max_operand,
+                                       params.family.seed)]
+    family_lens = compute_family_lens(model, family)
+    metrics.family = summarize_family(family_lens, params)
     save_tensors(paths.tensors, {
         "lens_probs": lens.probs[0][:, prepared.first_token_ids],  # (layer, [correct, misconception])
         "output_probs": lens.output_probs[0],
         "tokens": prepared.tokens,
+        "family_lens": family_lens,  # (prompt, layer, [correct, copy])
     })
     save_json(paths.metrics, metrics)
     save_figure(paths.figure(), plot_logit_lens(metrics))
+    save_figure(paths.figure("logit_lens_family"), plot_family_lens(metrics))
     return metrics
 
 

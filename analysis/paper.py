@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -174,7 +175,12 @@ def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> l
     os.environ["JUPYTER_PREFER_ENV_PATH"] = "1"  # the kernel of this venv, not a user-wide one
     os.environ[FORBID_ENV] = "1"
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    from jupyter_client import KernelManager
+
+    sockets = tempfile.mkdtemp(prefix="paper-kernel-")
+    # local sockets (ipc) rather than TCP: nothing listens on the network, nothing warns about it
+    manager = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+    client = NotebookClient(nb, km=manager, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(paper_dir)}})
     try:
         client.execute()
@@ -187,6 +193,10 @@ def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> l
             where = f" in the cell at index.qmd:{chunk.line}" if isinstance(chunk, Code) else " in an inline value"
         error = next((o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"), {})
         raise PaperError(f"the manuscript failed{where}: {error.get('ename', 'Error')}: {error.get('evalue', exc)}") from None
+    finally:
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=True)
+        shutil.rmtree(sockets, ignore_errors=True)
 
     inline: dict[int, list[str]] = {}
     for cell, (_, chunk) in zip(nb.cells, cells, strict=True):

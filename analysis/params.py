@@ -117,6 +117,7 @@ class InductionParams(Section):
 class HeadsParams(Section):
     induction: InductionParams
     top_k: PositiveInt
+    ablation: Literal["zero", "mean"]
 
 
 class BehaviourParams(Section):

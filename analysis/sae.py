@@ -27,7 +27,6 @@ For each SAE, at the final position of the canonical prompt:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,10 +39,10 @@ from analysis import sae_train
 from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params, SaeParams
 from analysis.plotting import COLORS, quote_token, styled
-from analysis.prompts import PreparedPrompt, group_by_length, parse_arithmetic, prepare_prompt
-from analysis.scoring import final_logits, score_answers
+from analysis.prompts import PreparedPrompt, parse_arithmetic, prepare_prompt
+from analysis.scoring import first_token_probs, score_answers
 from analysis.stage import run_stage
-from analysis.stats import bootstrap_ci
+from analysis.stats import Estimate, estimate_mean
 
 STAGE = "sae"
 
@@ -123,25 +122,20 @@ def direct_logit_effects(model, directions: Float[Tensor, "feature d_model"], sc
     return ((directions / scale) @ model.W_U).cpu()
 
 
-@torch.no_grad()
 def ablated_probs(model, sae, hook: str, prepared: list[PreparedPrompt], answer_names: tuple[str, str],
                   feature: int | None, value: float = 0.0) -> Float[Tensor, "prompt 2"]:
     """First-token probabilities of two answers, with one latent set to `value` everywhere
     (the SAE spliced in with its error term), or unchanged with feature None."""
-    edit: Callable[[Tensor], Tensor] | None = None
-    if feature is not None:
-        def edit(latents: Tensor) -> Tensor:
-            latents = latents.clone()
-            latents[..., feature] = value
-            return latents
-    hooks = [] if feature is None else [(hook, sae_train.splice(sae, error=True, edit=edit, first_position=0))]
-    out = torch.empty(len(prepared), 2)
-    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
-        probs = final_logits(model, torch.stack([prepared[i].tokens for i in indices]), hooks).softmax(-1).cpu()
-        for row, i in enumerate(indices):
-            ids = [prepared[i].answers[n].first_token_id for n in answer_names]
-            out[i] = probs[row, ids]
-    return out
+    if feature is None:
+        return first_token_probs(model, prepared, answer_names)
+
+    def edit(latents: Tensor) -> Tensor:
+        latents = latents.clone()
+        latents[..., feature] = value
+        return latents
+
+    hooks = [(hook, sae_train.splice(sae, error=True, edit=edit, first_position=0))]
+    return first_token_probs(model, prepared, answer_names, hooks)
 
 
 # --- results ---------------------------------------------------------------------------
@@ -153,13 +147,6 @@ class Schema(BaseModel):
 class TokenEffect(Schema):
     token: str
     effect: float
-
-
-class Estimate(Schema):
-    mean: float
-    low: float
-    high: float
-    n: int
 
 
 class Feature(Schema):
@@ -241,10 +228,9 @@ def analyse_sae(model, params: Params, spec: SaeParams, sae, stats: dict[str, Te
         canonical = ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), feature, value)[0]
         delta = ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), feature, value) - base_family
         family_deltas[feature] = delta
-        estimates = {}
-        for col, name in enumerate(("correct", "copy")):
-            low, high = bootstrap_ci(delta[:, col], params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
-            estimates[name] = Estimate(mean=delta[:, col].mean().item(), low=low.item(), high=high.item(), n=len(family))
+        estimates = {name: estimate_mean(delta[:, col], params.stats.bootstrap_resamples, params.seed,
+                                         params.stats.ci_level)
+                     for col, name in enumerate(("correct", "copy"))}
         unit = {"correct": effects[row, minus].item(), "misconception": effects[row, plus].item()}
         activation = attr.activations[feature].item()
         promoted = effects[row].topk(settings.top_tokens)

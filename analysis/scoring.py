@@ -46,6 +46,19 @@ def final_logits(model, tokens: Int[Tensor, "batch pos"], hooks: list | None = N
     return model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
 
 
+@torch.no_grad()
+def first_token_probs(model, prepared: list, names: tuple[str, ...], hooks: list | None = None
+                      ) -> Float[Tensor, "prompt name"]:
+    """P(each named answer's first distinguishing token) at the end of each prepared prompt,
+    with optional forward hooks; equal-length prompts run as one batch."""
+    out = torch.empty(len(prepared), len(names))
+    for indices in _groups([(len(p.tokens),) for p in prepared], batch_size=64):
+        probs = final_logits(model, torch.stack([prepared[i].tokens for i in indices]), hooks).softmax(-1).cpu()
+        for row, i in enumerate(indices):
+            out[i] = probs[row, [prepared[i].answers[n].first_token_id for n in names]]
+    return out
+
+
 def _groups(keys: list[tuple[int, ...]], batch_size: int):
     """Chunks of at most batch_size indices whose keys (lengths) are equal."""
     groups: dict[tuple[int, ...], list[int]] = {}

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import torch
 from jaxtyping import Float
+from pydantic import BaseModel, ConfigDict
 from torch import Tensor
+
+
+class Estimate(BaseModel):
+    """A mean over prompts with its bootstrap interval (all None when there was nothing to average)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
 
 
 def bootstrap_ci(values: Float[Tensor, "n *rest"], n_resamples: int, seed: int,
@@ -50,3 +61,9 @@ def cluster_bootstrap(values: Float[Tensor, "cluster item"], mask: Tensor | None
     alpha = (1 - level) / 2
     low, high = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return mean, low, high, n
+
+
+def estimate_mean(values: Float[Tensor, "n"], n_resamples: int, seed: int, level: float = 0.95) -> Estimate:
+    """The mean of values over prompts and its percentile bootstrap interval."""
+    low, high = bootstrap_ci(values, n_resamples, seed, level)
+    return Estimate(mean=values.double().mean().item(), low=low.item(), high=high.item(), n=len(values))

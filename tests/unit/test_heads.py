@@ -98,3 +98,24 @@ def test_stage_ranks_heads_and_reports_the_configured_one(tmp_path):
     loaded, tensors = heads.load_results(StagePaths("smollm2-135m", "heads", root=tmp_path))
     assert loaded == metrics and tensors["family_prev_answer_attention"].shape == (6, 2, 4)
     assert [1, 2] in metrics.figure_heads
+
+
+def test_zero_ablating_a_head_equals_removing_its_output_weights():
+    model = tiny_model(char_tokenizer(), n_layers=2, seed=6)
+    tokens = model.to_tokens("1 + 1 = 2. 5 + 5 =")
+    with torch.no_grad():
+        ablated = model.run_with_hooks(tokens, fwd_hooks=heads.head_ablation_hooks(1, 2))
+        model.blocks[1].attn.W_O[2] = 0.0
+        without = model(tokens)
+    torch.testing.assert_close(ablated, without, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_ablation_uses_the_heads_mean_output():
+    model = tiny_model(char_tokenizer(), n_layers=2, seed=7)
+    prepared = [prepare_prompt(model, t, {"c": " 10", "m": " 6"}) for t in ("1 + 1 = 2. 5 + 5 =", "2 + 2 =")]
+    mean = heads.mean_head_output(model, prepared, layer=0, head=1)
+    zs = []
+    for p in prepared:
+        _, cache = model.run_with_cache(p.tokens[None])
+        zs.append(cache["blocks.0.attn.hook_z"][0, :, 1])
+    torch.testing.assert_close(mean, torch.cat(zs).mean(0))

@@ -1,5 +1,6 @@
 """The logit lens on a tiny model: invariants that hold for any weights."""
 
+import pytest
 import torch
 from helpers import char_tokenizer, make_params, tiny_model
 
@@ -53,3 +54,17 @@ def test_plot_draws_one_line_per_answer_from_the_metrics(tmp_path):
     assert ys == sorted([tuple(metrics.correct.prob_by_layer), tuple(metrics.misconception.prob_by_layer)])
     prepared = prepare_prompt(model, metrics.prompt_as_written, {"c": " 10", "m": " 6"})
     assert metrics.prompt_tokens == list(prepared.str_tokens)
+
+
+def test_the_family_lens_has_a_band_per_layer(tmp_path):
+    model = tiny_model(char_tokenizer(), n_layers=3)
+    params = make_params(**{"family.n_prompts": 6, "stats.bootstrap_resamples": 200})
+    metrics = logit_lens.run(model, params, "smollm2-135m", StagePaths("m", "logit_lens", root=tmp_path))
+    family = metrics.family
+    assert family.n_prompts == 6
+    for band in (family.correct, family.previous_answer):
+        assert len(band.mean) == len(band.low) == len(band.high) == 3
+        assert all(lo - 1e-9 <= m <= hi + 1e-9 for lo, m, hi in zip(band.low, band.mean, band.high, strict=True))
+    _, tensors = logit_lens.load_results(StagePaths("m", "logit_lens", root=tmp_path))
+    assert tensors["family_lens"].shape == (6, 3, 2)
+    assert family.correct.mean[-1] == pytest.approx(tensors["family_lens"][:, -1, 0].mean().item(), abs=1e-6)
