@@ -33,7 +33,7 @@ from torch import Tensor
 
 from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params
-from analysis.plotting import COLORS, styled
+from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.prompts import (
     PreparedPrompt,
     few_shot_family,
@@ -565,19 +565,9 @@ def plot_head_ablation(metrics: HeadsMetrics):
 
     fig = Figure(figsize=(6.8, 2.6), layout="constrained")
     ax = fig.subplots()
-    width = 0.38
-    items = metrics.ablations
-    for offset, answer, color in ((-width / 2, "correct", COLORS["correct"]), (width / 2, "copy", COLORS["misconception"])):
-        est = [a.family[answer] for a in items]
-        ax.bar([i + offset for i in range(len(items))], [e.mean for e in est], width, color=color, capsize=2,
-               yerr=[[e.mean - e.low for e in est], [e.high - e.mean for e in est]],
-               label="P(correct)" if answer == "correct" else "P(copy of previous answer)")
-    ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks(range(len(items)), [f"L{a.layer}H{a.head}" for a in items])
-    ax.set_ylabel("change in probability")
+    ablation_bars(ax, [f"L{a.layer}H{a.head}" for a in metrics.ablations], [a.family for a in metrics.ablations])
     n = metrics.context_answer_attention_family.n_prompts
     ax.set_title(f"{metrics.ablation}-ablating one head, prompt family (n = {n})")
-    ax.legend(frameon=False, fontsize=7)
     return fig
 
 

@@ -50,3 +50,18 @@ def styled(func):
 def quote_token(token: str) -> str:
     """A token as a readable label: quoted, with spaces and newlines visible."""
     return "'" + token.replace("\n", "\\n") + "'"
+
+
+def ablation_bars(ax, labels: list[str], effects: list[dict]) -> None:
+    """Paired bars with 95% intervals: the change in P(correct) and in P(copy of the previous
+    answer) when each labelled component is ablated; effects[i][answer] is an Estimate."""
+    width = 0.38
+    for offset, answer, color, name in ((-width / 2, "correct", COLORS["correct"], "P(correct)"),
+                                        (width / 2, "copy", COLORS["misconception"], "P(copy of previous answer)")):
+        estimates = [effect[answer] for effect in effects]
+        ax.bar([i + offset for i in range(len(labels))], [e.mean for e in estimates], width, color=color, capsize=2,
+               yerr=[[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]], label=name)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("change in probability")
+    ax.legend(frameon=False, fontsize=7)

@@ -38,7 +38,7 @@ from analysis import heads as heads_stage
 from analysis import sae_train
 from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params, SaeParams
-from analysis.plotting import COLORS, quote_token, styled
+from analysis.plotting import COLORS, ablation_bars, quote_token, styled
 from analysis.prompts import PreparedPrompt, parse_arithmetic, prepare_prompt
 from analysis.scoring import first_token_probs, score_answers
 from analysis.stage import run_stage
@@ -319,6 +319,15 @@ def feature_order(result: SaeResult) -> list[int]:
     return list(dict.fromkeys(result.top_by_activation + result.top_by_attribution + result.reported))
 
 
+def _panels(metrics: SaeMetrics, height: float):
+    """A figure with one row of axes per SAE: (figure, axes, SAE names)."""
+    from matplotlib.figure import Figure
+
+    names = list(metrics.saes)
+    fig = Figure(figsize=(6.8, height * len(names)), layout="constrained")
+    return fig, fig.subplots(len(names), 1, squeeze=False)[:, 0], names
+
+
 def _label(feature: int) -> str:
     return f"#{feature}"
 
@@ -349,11 +358,7 @@ def plot_top_features(metrics: SaeMetrics):
 @styled
 def plot_control_features(metrics: SaeMetrics):
     """Figure 5 (SAE half): the top attribution features, canonical prompt against control."""
-    from matplotlib.figure import Figure
-
-    names = list(metrics.saes)
-    fig = Figure(figsize=(6.8, 2.3 * len(names)), layout="constrained")
-    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    fig, axes, names = _panels(metrics, height=2.3)
     width = 0.38
     for ax, name in zip(axes, names, strict=True):
         result = metrics.saes[name]
@@ -374,11 +379,7 @@ def plot_control_features(metrics: SaeMetrics):
 @styled
 def plot_logit_contributions(metrics: SaeMetrics):
     """Figure 9: direct logit contribution of the top attribution feature of each SAE."""
-    from matplotlib.figure import Figure
-
-    names = list(metrics.saes)
-    fig = Figure(figsize=(6.8, 3.0 * len(names)), layout="constrained")
-    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    fig, axes, names = _panels(metrics, height=3.0)
     for ax, name in zip(axes, names, strict=True):
         result = metrics.saes[name]
         feature = result.features[str(result.top_by_attribution[0])]
@@ -400,25 +401,12 @@ def plot_logit_contributions(metrics: SaeMetrics):
 @styled
 def plot_ablation(metrics: SaeMetrics):
     """Zeroing (or mean-ablating) each feature: change in first-token probabilities on the family."""
-    from matplotlib.figure import Figure
-
-    names = list(metrics.saes)
-    fig = Figure(figsize=(6.8, 2.4 * len(names)), layout="constrained")
-    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
-    width = 0.38
+    fig, axes, names = _panels(metrics, height=2.4)
     for ax, name in zip(axes, names, strict=True):
         result = metrics.saes[name]
         feats = [result.features[str(f)] for f in feature_order(result)]
-        for offset, answer, color in ((-width / 2, "correct", COLORS["correct"]), (width / 2, "copy", COLORS["misconception"])):
-            est = [f.ablation_family[answer] for f in feats]
-            ax.bar([i + offset for i in range(len(feats))], [e.mean for e in est], width, color=color,
-                   yerr=[[e.mean - e.low for e in est], [e.high - e.mean for e in est]], capsize=2,
-                   label=f"P({answer})" if answer == "correct" else "P(copy of previous answer)")
-        ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_xticks(range(len(feats)), [_label(f.id) for f in feats])
-        ax.set_ylabel("change in probability")
+        ablation_bars(ax, [_label(f.id) for f in feats], [f.ablation_family for f in feats])
         ax.set_title(f"{name}: ablating one feature, prompt family (n = {metrics.n_family_prompts})")
-    axes[0].legend(frameon=False, fontsize=7)
     return fig
 
 
