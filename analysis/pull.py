@@ -71,7 +71,7 @@ def recorded_models(lock_file: Path = Path("dvc.lock")) -> set[str]:
 
 
 def missing_targets(output: str) -> list[str]:
-    """The paths DVC lists after 'Checkout failed for following targets:'."""
+    """The paths DVC lists after 'Checkout failed for following targets:' (in no fixed order)."""
     lines = output.splitlines()
     if not any("Checkout failed for following targets" in line for line in lines):
         return []
@@ -88,9 +88,9 @@ def pull_model(model: str, remote: tuple[str, str], recorded: set[str]) -> None:
     result = _dvc("pull", "--with-deps", f"paper@{model}")
     if result.returncode == 0:
         return
-    missing = missing_targets(result.stdout + result.stderr)
+    missing = sorted(set(missing_targets(result.stdout + result.stderr)))
     if missing:
-        shown = "\n  ".join(missing[:12]) + ("\n  ..." if len(missing) > 12 else "")
+        shown = "\n  ".join(missing)
         raise PullError(
             f"{model}: {len(missing)} output(s) are in dvc.lock but not in the remote {remote[0]!r} ({remote[1]}):\n  "
             f"{shown}\nThe machine that computed them must run `dvc push`; or rebuild them here with "

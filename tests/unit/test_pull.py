@@ -1,0 +1,44 @@
+"""`analysis.pull` names every missing output, in a fixed order, whatever order DVC lists them in."""
+
+import subprocess
+
+import pytest
+
+from analysis import pull
+
+DVC_OUTPUT = """\
+Collecting
+ERROR: failed to pull data from the cloud - Checkout failed for following targets:
+data/m/metrics/sae.json
+data/m/figures/logit_lens.svg
+data/m/metrics/logit_lens.json
+data/m/figures/logit_lens.svg
+Is your cache up to date?
+<https://error.dvc.org/missing-files>
+"""
+
+
+def test_missing_targets_reads_the_paths_dvc_lists():
+    assert pull.missing_targets(DVC_OUTPUT) == [
+        "data/m/metrics/sae.json", "data/m/figures/logit_lens.svg",
+        "data/m/metrics/logit_lens.json", "data/m/figures/logit_lens.svg"]
+    assert pull.missing_targets("Everything is up to date.") == []
+
+
+def test_the_message_lists_every_missing_output_once_sorted(monkeypatch):
+    failed = subprocess.CompletedProcess([], 1, stdout="", stderr=DVC_OUTPUT)
+    monkeypatch.setattr(pull, "_dvc", lambda *args: failed)
+    with pytest.raises(pull.PullError) as error:
+        pull.pull_model("m", ("local", "/srv/remote"), {"m"})
+    assert error.value.status == 6
+    message = str(error.value)
+    assert "m: 3 output(s) are in dvc.lock but not in the remote 'local' (/srv/remote)" in message
+    listed = [line.strip() for line in message.splitlines() if line.startswith("  ")]
+    assert listed == ["data/m/figures/logit_lens.svg", "data/m/metrics/logit_lens.json", "data/m/metrics/sae.json"]
+    assert "`dvc push`" in message and "`dvc repro paper@m`" in message
+
+
+def test_a_model_never_computed_is_named_with_how_to_compute_it():
+    with pytest.raises(pull.PullError) as error:
+        pull.pull_model("gpt2-small", ("local", "/srv/remote"), {"smollm2-135m"})
+    assert error.value.status == 6 and "`make gpt2`" in str(error.value)
