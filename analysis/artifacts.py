@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -120,6 +120,12 @@ def save_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, to_json_bytes(obj))
 
 
+class Schema(BaseModel):
+    """The base of every results file's schema: a field it does not declare is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -166,14 +172,17 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...] | int] | None =
     return tensors
 
 
-def save_figure(path: Path, fig: Any) -> None:
-    """An SVG with no date and a fixed id salt: the same figure gives the same bytes."""
+def figure_svg(fig: Any, **savefig: Any) -> bytes:
+    """A figure as SVG with no date and a fixed id salt: the same figure gives the same bytes."""
     import io
 
     import matplotlib
 
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "arith-mismatch", "svg.fonttype": "path"}):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
-    atomic_write_bytes(path, buffer.getvalue())
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None}, **savefig)
+    return buffer.getvalue()
 
+
+def save_figure(path: Path, fig: Any) -> None:
+    atomic_write_bytes(path, figure_svg(fig))

@@ -31,10 +31,9 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.prompts import ArithmeticPrompt, PreparedPrompt, parse_arithmetic, prepare_prompt
@@ -111,6 +110,15 @@ class ConditionData:
     texts: list[list[str]]
     p_correct: Float[Tensor, "context pair"]  # P(exactly the right number)
 
+    @property
+    def truth(self) -> Int[Tensor, "context pair"]:
+        return torch.tensor([[p.answer for p in row] for row in self.prompts])
+
+    @property
+    def correct(self) -> Float[Tensor, "context pair"]:
+        """1.0 where the greedy answer is the right number."""
+        return (self.answers == self.truth).double()
+
 
 @torch.no_grad()
 def compute_condition(model, prompts: list[list[ArithmeticPrompt]], max_answer_tokens: int,
@@ -138,10 +146,6 @@ def compute_number_probs(model, contexts: list[str], numbers: list[int], continu
 
 
 # --- results ---------------------------------------------------------------------------
-
-class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 class Item(Schema):
     prompt: str
@@ -192,10 +196,8 @@ def _estimate(values: Tensor, mask: Tensor | None, params: Params) -> Estimate:
 
 
 def summarize_condition(data: ConditionData, description: str, params: Params) -> ConditionResult:
-    prompts = data.prompts
-    answers_true = torch.tensor([[p.answer for p in row] for row in prompts])
-    correct = (data.answers == answers_true).double()
-    carry = answers_true >= 10
+    prompts, correct = data.prompts, data.correct
+    carry = data.truth >= 10
     splits = {"all": None, "carry": carry, "no_carry": ~carry}
     wrong = correct == 0
     labels = {name: torch.zeros(correct.shape, dtype=torch.double) for name in CLASSES}
@@ -250,10 +252,9 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
                                  settings.max_answer_tokens, continuing)
         results[name] = summarize_condition(data, descriptions[name], params)
         size = settings.max_operand + 1
-        answers_true = torch.tensor([[p.answer for p in row] for row in data.prompts])
         tensors[f"{name}/answers"] = data.answers
         tensors[f"{name}/p_correct"] = data.p_correct
-        tensors[f"{name}/accuracy_grid"] = (data.answers == answers_true).double().mean(0).reshape(size, size)
+        tensors[f"{name}/accuracy_grid"] = data.correct.mean(0).reshape(size, size)
         tensors[f"{name}/error_prob_grid"] = (1 - data.p_correct.double()).mean(0).reshape(size, size)
 
     numbers = list(range(2 * settings.max_operand + 1))

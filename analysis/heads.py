@@ -28,18 +28,19 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.prompts import (
     PreparedPrompt,
-    few_shot_family,
-    group_by_length,
+    equal_length_batches,
     parse_arithmetic,
+    prepare_arithmetic,
+    prepare_family,
     prepare_prompt,
+    run_by_length,
     token_positions,
 )
 from analysis.scoring import first_token_probs
@@ -197,7 +198,7 @@ def mean_head_output(model, prepared: list[PreparedPrompt], layer: int, head: in
     """A head's z averaged over every position of every prompt (for mean ablation)."""
     total, count = 0.0, 0
     name = f"blocks.{layer}.attn.hook_z"
-    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
+    for indices in equal_length_batches([len(p.tokens) for p in prepared]):
         _, cache = model.run_with_cache(torch.stack([prepared[i].tokens for i in indices]).to(model.cfg.device),
                                         names_filter=name, stop_at_layer=layer + 1)
         z = cache[name][:, :, head]
@@ -207,10 +208,6 @@ def mean_head_output(model, prepared: list[PreparedPrompt], layer: int, head: in
 
 
 # --- results ---------------------------------------------------------------------------
-
-class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 class Interval(Schema):
     mean: list[list[float]]
@@ -286,37 +283,23 @@ class HeadsMetrics(Schema):
 
 # --- stage -----------------------------------------------------------------------------
 
-def _prepare_family(model, params: Params) -> tuple[list, list[PreparedPrompt]]:
-    family = few_shot_family(params.family.n_prompts, params.family.n_shots,
-                             params.family.max_operand, params.family.seed)
-    prepared = [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
-                for p in family]
-    return family, prepared
-
-
 def _final_attention_of(model, prompts, prepared: list[PreparedPrompt]) -> FinalAttention:
-    parts: dict[int, FinalAttention] = {}
-    for _, indices in group_by_length([len(p.tokens) for p in prepared]).items():
-        tokens = torch.stack([prepared[i].tokens for i in indices])
+    def attention(tokens: Tensor, indices: list[int]) -> tuple[Tensor, Tensor]:
         shots = [token_positions(model, prepared[i], prompts[i].shot_answer_spans()) for i in indices]
         operands = [token_positions(model, prepared[i], prompts[i].query_operand_spans()) for i in indices]
         result = compute_final_attention(model, tokens, shots, operands)
-        for j, i in enumerate(indices):
-            parts[i] = FinalAttention(result.to_shot_answers[j], result.to_query_operands[j])
-    return FinalAttention(torch.stack([parts[i].to_shot_answers for i in range(len(prepared))]),
-                          torch.stack([parts[i].to_query_operands for i in range(len(prepared))]))
+        return result.to_shot_answers, result.to_query_operands
+
+    return FinalAttention(*run_by_length(prepared, attention))
 
 
 def _copy_dla_of(model, prepared: list[PreparedPrompt]) -> Tensor:
-    per_prompt: dict[int, Tensor] = {}
-    for _, indices in group_by_length([len(p.tokens) for p in prepared]).items():
-        tokens = torch.stack([prepared[i].tokens for i in indices])
+    def copy_dla(tokens: Tensor, indices: list[int]) -> Tensor:
         plus = torch.tensor([prepared[i].answers["copy"].first_token_id for i in indices])
         minus = torch.tensor([prepared[i].answers["correct"].first_token_id for i in indices])
-        result = compute_head_dla(model, tokens, plus, minus)
-        for j, i in enumerate(indices):
-            per_prompt[i] = result.per_head[j]
-    return torch.stack([per_prompt[i] for i in range(len(prepared))])
+        return compute_head_dla(model, tokens, plus, minus).per_head
+
+    return run_by_length(prepared, copy_dla)
 
 
 def _patterns(model, tokens: Tensor) -> Tensor:
@@ -341,7 +324,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
     dla = compute_head_dla(model, prepared.tokens[None],
                            torch.tensor([prepared.answers["misconception"].first_token_id]),
                            torch.tensor([prepared.answers["correct"].first_token_id]))
-    family, family_prepared = _prepare_family(model, params)
+    family, family_prepared = prepare_family(model, params.family)
     family_attn = _final_attention_of(model, family, family_prepared)
     family_prev = family_attn.to_shot_answers[..., -1]  # (prompt, layer, head)
     copy_dla = _copy_dla_of(model, family_prepared)
@@ -389,9 +372,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
 
     spacing = {}
     for name, text in params.sae.spacing_variants.items():
-        variant = parse_arithmetic(text)
-        numbers = {k: int(v) for k, v in answers.items()}
-        prepared_variant = prepare_prompt(model, text, {k: variant.answer_text(n) for k, n in numbers.items()})
+        variant, prepared_variant = prepare_arithmetic(model, text, answers)
         attention = _final_attention_of(model, [variant], [prepared_variant]).to_shot_answers[0, ..., -1]
         spacing[name] = SpacingAttention(prompt=prepared_variant.context,
                                          to_previous_answer=[attention[l, h].item() for l, h in figure_heads])

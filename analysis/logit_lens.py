@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import model_validator
 from torch import Tensor
 
-from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, quote_token, styled
-from analysis.prompts import PreparedPrompt, few_shot_family, group_by_length, prepare_prompt
+from analysis.prompts import PreparedPrompt, prepare_family, prepare_prompt, run_by_length
 from analysis.scoring import score_answers
 from analysis.stage import run_stage
 from analysis.stats import bootstrap_ci
@@ -52,10 +52,6 @@ def compute_logit_lens(model, tokens: Int[Tensor, "batch pos"]) -> LensProbs:
 
 
 # --- results ---------------------------------------------------------------------------
-
-class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 class CandidateLens(Schema):
     text: str  # the answer string, e.g. " 10"
@@ -144,13 +140,12 @@ def summarize(key: str, label: str, prepared: PreparedPrompt, lens: LensProbs,
 
 def compute_family_lens(model, prepared: list[PreparedPrompt]) -> Float[Tensor, "prompt layer 2"]:
     """Lens probability of each prompt's correct and copy first tokens, at every layer."""
-    out = torch.empty(len(prepared), model.cfg.n_layers, 2)
-    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
-        lens = compute_logit_lens(model, torch.stack([prepared[i].tokens for i in indices]))
-        for row, i in enumerate(indices):
-            ids = [prepared[i].answers[name].first_token_id for name in ("correct", "copy")]
-            out[i] = lens.probs[row][:, ids]
-    return out
+    def lens_of(tokens: Tensor, indices: list[int]) -> Tensor:
+        ids = torch.tensor([[prepared[i].answers[n].first_token_id for n in ("correct", "copy")] for i in indices])
+        probs = compute_logit_lens(model, tokens).probs  # (batch, layer, vocab)
+        return probs.gather(-1, ids[:, None, :].expand(-1, probs.shape[1], -1))
+
+    return run_by_length(prepared, lens_of)
 
 
 def summarize_family(values: Float[Tensor, "prompt layer 2"], params: Params) -> FamilyLens:
@@ -187,8 +182,6 @@ def plot_logit_lens(metrics: LogitLensMetrics):
     return fig
 
 
-# --- stage -----------------------------------------------------------------------------
-
 @styled
 def plot_family_lens(metrics: LogitLensMetrics):
     """The logit lens over the prompt family: mean and 95% interval per layer."""
@@ -210,6 +203,8 @@ def plot_family_lens(metrics: LogitLensMetrics):
     return fig
 
 
+# --- stage -----------------------------------------------------------------------------
+
 def load_results(paths: StagePaths) -> tuple[LogitLensMetrics, dict[str, Tensor]]:
     metrics = load_json(paths.metrics, LogitLensMetrics)
     tensors = load_tensors(paths.tensors, {"lens_probs": (metrics.n_layers, 2)})
@@ -225,9 +220,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
     answer_probs = {name: math.exp(lp) for name, lp in zip(names, scores.logprob.tolist(), strict=True)}
     metrics = summarize(key, spec.label, prepared, lens, answer_probs, params.logit_lens.top_k,
                         decode=lambda i: model.tokenizer.decode([i]))
-    family = [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
-              for p in few_shot_family(params.family.n_prompts, params.family.n_shots, params.family.max_operand,
-                                       params.family.seed)]
+    _, family = prepare_family(model, params.family)
     family_lens = compute_family_lens(model, family)
     metrics.family = summarize_family(family_lens, params)
     save_tensors(paths.tensors, {

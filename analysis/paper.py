@@ -127,18 +127,11 @@ def parse_qmd(text: str, name: str = "index.qmd") -> Document:
 KERNEL_SETUP = f"""
 import os
 os.environ[{FORBID_ENV!r}] = "1"
-import io as _io
-import matplotlib as _mpl
 from matplotlib.figure import Figure as _Figure
-
-def _figure_svg(fig):
-    buffer = _io.BytesIO()
-    with _mpl.rc_context({{"svg.hashsalt": "arith-mismatch", "svg.fonttype": "path"}}):
-        fig.savefig(buffer, format="svg", metadata={{"Date": None, "Creator": None}}, bbox_inches="tight")
-    return buffer.getvalue().decode()
+from analysis.artifacts import figure_svg as _figure_svg
 
 _formatters = get_ipython().display_formatter.formatters
-_formatters["image/svg+xml"].for_type(_Figure, _figure_svg)
+_formatters["image/svg+xml"].for_type(_Figure, lambda fig: _figure_svg(fig, bbox_inches="tight").decode())
 _formatters["image/png"].pop(_Figure, None)
 del _formatters
 """

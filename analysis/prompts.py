@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from analysis.params import FamilyParams
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,22 @@ def few_shot_family(n_prompts: int, n_shots: int, max_operand: int, seed: int) -
     return prompts
 
 
+def prepare_family(model, family: FamilyParams) -> tuple[list[ArithmeticPrompt], list[PreparedPrompt]]:
+    """The seeded prompt family, each prompt prepared with its right answer ("correct") and
+    a copy of the previous example's answer ("copy")."""
+    prompts = few_shot_family(family.n_prompts, family.n_shots, family.max_operand, family.seed)
+    prepared = [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
+                for p in prompts]
+    return prompts, prepared
+
+
+def prepare_arithmetic(model, text: str, answers: Mapping[str, str]) -> tuple[ArithmeticPrompt, PreparedPrompt]:
+    """An arithmetic prompt in either spacing style, with its (numeric) answers written in
+    the same style: " 10" after "5 + 5 =", "10" after "5+5="."""
+    prompt = parse_arithmetic(text)
+    return prompt, prepare_prompt(model, text, {k: prompt.answer_text(int(v)) for k, v in answers.items()})
+
+
 def token_positions(model, prepared: PreparedPrompt, spans: list[tuple[int, int]]) -> list[list[int]]:
     """For each character span of the context, the positions of the tokens that overlap it."""
     encoded = model.tokenizer(prepared.context, add_special_tokens=False, return_offsets_mapping=True)
@@ -203,9 +223,34 @@ def token_positions(model, prepared: PreparedPrompt, spans: list[tuple[int, int]
             for start, end in spans]
 
 
-def group_by_length(lengths: list[int]) -> dict[int, list[int]]:
-    """Indices of sequences with the same token count: each group runs as one batch, unpadded."""
-    groups: dict[int, list[int]] = {}
-    for i, length in enumerate(lengths):
-        groups.setdefault(length, []).append(i)
-    return dict(sorted(groups.items()))
+def equal_length_batches(keys: list, batch_size: int | None = None) -> Iterator[list[int]]:
+    """Indices of the sequences that share a key (their token count, or a tuple of counts),
+    in batches of at most batch_size (default: the whole group), keys in sorted order.
+    Each batch runs unpadded."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    for key in sorted(groups):
+        indices = groups[key]
+        size = batch_size or len(indices)
+        for start in range(0, len(indices), size):
+            yield indices[start : start + size]
+
+
+def run_by_length(prepared: list[PreparedPrompt],
+                  compute: Callable[[Int[Tensor, "batch pos"], list[int]], Tensor | tuple[Tensor, ...]],
+                  batch_size: int | None = None) -> Tensor | tuple[Tensor, ...]:
+    """compute(tokens, indices) on each batch of equal-length prompts, its rows put back in
+    the order of `prepared`. compute returns a tensor, or a tuple of tensors, whose first
+    axis is the batch."""
+    stacked: list[Tensor] = []
+    is_tuple = False
+    for chunk in equal_length_batches([len(p.tokens) for p in prepared], batch_size):
+        out = compute(torch.stack([prepared[i].tokens for i in chunk]), chunk)
+        is_tuple = isinstance(out, tuple)
+        parts = out if is_tuple else (out,)
+        if not stacked:
+            stacked = [torch.empty(len(prepared), *x.shape[1:], dtype=x.dtype) for x in parts]
+        for whole, part in zip(stacked, parts, strict=True):
+            whole[chunk] = part.cpu()
+    return tuple(stacked) if is_tuple else stacked[0]

@@ -31,15 +31,14 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from analysis import heads as heads_stage
 from analysis import sae_train
-from analysis.artifacts import StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
 from analysis.params import Params, SaeParams
 from analysis.plotting import COLORS, ablation_bars, quote_token, styled
-from analysis.prompts import PreparedPrompt, parse_arithmetic, prepare_prompt
+from analysis.prompts import PreparedPrompt, prepare_arithmetic, prepare_family, prepare_prompt
 from analysis.scoring import first_token_probs, score_answers
 from analysis.stage import run_stage
 from analysis.stats import Estimate, estimate_mean
@@ -138,11 +137,13 @@ def ablated_probs(model, sae, hook: str, prepared: list[PreparedPrompt], answer_
     return first_token_probs(model, prepared, answer_names, hooks)
 
 
+def feature_order(*groups: list[int]) -> list[int]:
+    """The features of the groups in turn (e.g. top by activation, by attribution, the
+    reported ones), without repeats."""
+    return list(dict.fromkeys(f for group in groups for f in group))
+
+
 # --- results ---------------------------------------------------------------------------
-
-class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 class TokenEffect(Schema):
     token: str
@@ -214,7 +215,7 @@ def analyse_sae(model, params: Params, spec: SaeParams, sae, stats: dict[str, Te
     k = settings.top_k
     by_activation = attr.activations.topk(k).indices.tolist()
     by_attribution = attr.attribution.abs().topk(k).indices.tolist()
-    ids = list(dict.fromkeys(by_activation + by_attribution + list(spec.report_features)))  # = feature_order
+    ids = feature_order(by_activation, by_attribution, list(spec.report_features))
 
     scale = final_norm_scale(model, prepared.tokens)
     effects = direct_logit_effects(model, decoder_directions(sae, ids), scale)  # (feature, vocab)
@@ -251,10 +252,8 @@ def analyse_sae(model, params: Params, spec: SaeParams, sae, stats: dict[str, Te
         )
 
     spacing = {}
-    numbers = {k: int(v) for k, v in params.prompt.answers.model_dump().items()}
     for name, text in settings.spacing_variants.items():
-        variant = parse_arithmetic(text)
-        prepared_variant = prepare_prompt(model, text, {k: variant.answer_text(n) for k, n in numbers.items()})
+        _, prepared_variant = prepare_arithmetic(model, text, params.prompt.answers.model_dump())
         scores = score_answers(model, [prepared_variant.tokens] * 2,
                                [prepared_variant.answers[n].token_ids for n in ("correct", "misconception")])
         latents = final_latents(model, sae, spec.hook, prepared_variant.tokens)
@@ -281,7 +280,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeMetrics:
     answers = params.prompt.answers.model_dump()
     prepared = prepare_prompt(model, params.prompt.canonical, answers)
     control = prepare_prompt(model, params.prompt.control, answers)
-    family = sae_train.family_prompts(model, params)
+    _, family = prepare_family(model, params.family)
     trained = sae_train.load_results(StagePaths(key, sae_train.STAGE, root=paths.root))
     train_dir = sae_train.out_dir(paths)
     results, tensors = {}, {}
@@ -313,11 +312,6 @@ def load_results(paths: StagePaths) -> SaeMetrics:
 
 
 # --- figures ---------------------------------------------------------------------------
-
-def feature_order(result: SaeResult) -> list[int]:
-    """Top by activation, then by attribution, then the reported ones, without repeats."""
-    return list(dict.fromkeys(result.top_by_activation + result.top_by_attribution + result.reported))
-
 
 def _panels(metrics: SaeMetrics, height: float):
     """A figure with one row of axes per SAE: (figure, axes, SAE names)."""
@@ -362,7 +356,7 @@ def plot_control_features(metrics: SaeMetrics):
     width = 0.38
     for ax, name in zip(axes, names, strict=True):
         result = metrics.saes[name]
-        ids = list(dict.fromkeys(result.top_by_attribution + result.reported))
+        ids = feature_order(result.top_by_attribution, result.reported)
         feats = [result.features[str(f)] for f in ids]
         x = range(len(feats))
         ax.bar([i - width / 2 for i in x], [f.activation for f in feats], width, color=COLORS["misconception"],
@@ -404,7 +398,8 @@ def plot_ablation(metrics: SaeMetrics):
     fig, axes, names = _panels(metrics, height=2.4)
     for ax, name in zip(axes, names, strict=True):
         result = metrics.saes[name]
-        feats = [result.features[str(f)] for f in feature_order(result)]
+        ids = feature_order(result.top_by_activation, result.top_by_attribution, result.reported)
+        feats = [result.features[str(f)] for f in ids]
         ablation_bars(ax, [_label(f.id) for f in feats], [f.ablation_family for f in feats])
         ax.set_title(f"{name}: ablating one feature, prompt family (n = {metrics.n_family_prompts})")
     return fig
@@ -430,7 +425,7 @@ def plot_spacing(metrics: SaeMetrics, head_metrics: heads_stage.HeadsMetrics):
     axes[0].legend(frameon=False)
     for ax, name in zip(axes[1:], names, strict=True):
         result = metrics.saes[name]
-        ids = list(dict.fromkeys(result.top_by_attribution + result.reported))
+        ids = feature_order(result.top_by_attribution, result.reported)
         for j, variant in enumerate(variants):
             acts = [result.spacing[variant].activations[str(f)] for f in ids]
             ax.bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(ids))], acts, width, label=variant)

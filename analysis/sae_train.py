@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from analysis.artifacts import StagePaths, atomic_write_dir, load_json, save_json, save_tensors, to_json_bytes
+from analysis.artifacts import Schema, StagePaths, atomic_write_dir, load_json, save_json, save_tensors, to_json_bytes
 from analysis.corpus import build_corpus
 from analysis.models import hub_error, require_hub
 from analysis.params import Params, SaeParams
-from analysis.prompts import PreparedPrompt, few_shot_family, group_by_length, prepare_prompt
+from analysis.prompts import PreparedPrompt, prepare_family, run_by_length
 from analysis.scoring import final_logits
 from analysis.stage import run_stage
 
@@ -136,10 +135,6 @@ def splice(sae, error: bool = True, edit: Callable[[Tensor], Tensor] | None = No
 
 # --- quality ---------------------------------------------------------------------------
 
-class Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class Quality(Schema):
     explained_variance: float
     l0: float
@@ -166,22 +161,11 @@ def _next_token_loss(model, windows: Tensor, hooks: list) -> float:
     return total / count
 
 
-def family_prompts(model, params: Params) -> list[PreparedPrompt]:
-    """The prompt family, prepared with the right answer and a copy of the previous one."""
-    family = few_shot_family(params.family.n_prompts, params.family.n_shots, params.family.max_operand,
-                             params.family.seed)
-    return [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
-            for p in family]
-
-
 @torch.no_grad()
 def _family_accuracy(model, prepared: list[PreparedPrompt], hooks: list) -> float:
-    right = 0
-    for indices in group_by_length([len(p.tokens) for p in prepared]).values():
-        logits = final_logits(model, torch.stack([prepared[i].tokens for i in indices]), hooks)
-        correct = torch.tensor([prepared[i].answers["correct"].first_token_id for i in indices])
-        right += int((logits.argmax(-1).cpu() == correct).sum())
-    return right / len(prepared)
+    predicted = run_by_length(prepared, lambda tokens, _: final_logits(model, tokens, hooks).argmax(-1))
+    correct = torch.tensor([p.answers["correct"].first_token_id for p in prepared])
+    return int((predicted == correct).sum()) / len(prepared)
 
 
 @torch.no_grad()
@@ -195,7 +179,7 @@ def evaluate_sae(model, sae, hook: str, heldout: Tensor, params: Params) -> tupl
     clean = _next_token_loss(model, heldout, [])
     spliced = _next_token_loss(model, heldout, [(hook, splice(sae, error=False))])
     zeroed = _next_token_loss(model, heldout, [(hook, lambda x, hook: torch.cat([x[:, :1], 0 * x[:, 1:]], 1))])
-    family = family_prompts(model, params)
+    _, family = prepare_family(model, params.family)
     acc_clean = _family_accuracy(model, family, [])
     acc_spliced = _family_accuracy(model, family, [(hook, splice(sae, error=False))])
     quality = Quality(

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from analysis.prompts import equal_length_batches, run_by_length
 
 
 @dataclass(frozen=True)
@@ -51,23 +52,11 @@ def first_token_probs(model, prepared: list, names: tuple[str, ...], hooks: list
                       ) -> Float[Tensor, "prompt name"]:
     """P(each named answer's first distinguishing token) at the end of each prepared prompt,
     with optional forward hooks; equal-length prompts run as one batch."""
-    out = torch.empty(len(prepared), len(names))
-    for indices in _groups([(len(p.tokens),) for p in prepared], batch_size=64):
-        probs = final_logits(model, torch.stack([prepared[i].tokens for i in indices]), hooks).softmax(-1).cpu()
-        for row, i in enumerate(indices):
-            out[i] = probs[row, [prepared[i].answers[n].first_token_id for n in names]]
-    return out
+    def probs(tokens: Tensor, indices: list[int]) -> Tensor:
+        ids = torch.tensor([[prepared[i].answers[n].first_token_id for n in names] for i in indices])
+        return final_logits(model, tokens, hooks).softmax(-1).cpu().gather(-1, ids)
 
-
-def _groups(keys: list[tuple[int, ...]], batch_size: int):
-    """Chunks of at most batch_size indices whose keys (lengths) are equal."""
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    for key in sorted(groups):
-        indices = groups[key]
-        for start in range(0, len(indices), batch_size):
-            yield indices[start : start + batch_size]
+    return run_by_length(prepared, probs, batch_size=64)
 
 
 def _forward(model, tokens: Tensor, cache) -> Float[Tensor, "batch pos vocab"]:
@@ -91,7 +80,7 @@ def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, m
     token_lp, boundary_lp, texts = torch.zeros(n), torch.zeros(n), [""] * n
     keys = [(len(c), len(answers[i]) if answers else 0) for i, c in enumerate(contexts)]
     device = model.cfg.device
-    for chunk in _groups(keys, batch_size):
+    for chunk in equal_length_batches(keys, batch_size):
         batch = torch.stack([contexts[i] for i in chunk]).to(device)
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
         ones = torch.ones_like(batch)

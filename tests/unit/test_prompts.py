@@ -1,9 +1,18 @@
 """Answer preparation and scoring, on a character tokenizer and on GPT-2's real tokenizer."""
 
 import pytest
+import torch
 from helpers import char_tokenizer, gpt2_tokenizer, tiny_model
 
-from analysis.prompts import few_shot_family, parse_arithmetic, prepare_prompt, token_positions
+from analysis.prompts import (
+    equal_length_batches,
+    few_shot_family,
+    parse_arithmetic,
+    prepare_arithmetic,
+    prepare_prompt,
+    run_by_length,
+    token_positions,
+)
 
 ANSWERS = {"correct": " 10", "misconception": " 6"}
 PROMPT = "1 + 1 = 2. 2 + 2 = 4. 5 + 5 ="
@@ -68,3 +77,35 @@ def test_token_positions_follow_the_answers_through_multi_token_numbers():
     prepared = prepare_prompt(model, prompt.text, ANSWERS)
     spans = token_positions(model, prepared, prompt.shot_answer_spans())
     assert [[prepared.str_tokens[i] for i in s] for s in spans] == [[" 15"], [" 4"]]
+
+
+def test_spacing_variants_get_their_answers_in_their_own_style():
+    model = tiny_model(char_tokenizer())
+    prompt, prepared = prepare_arithmetic(model, "1+1=2. 2+2=4. 5+5=", ANSWERS)
+    assert prompt.query == (5, 5) and prepared.context == "1+1=2. 2+2=4. 5+5="
+    assert prepared.answers["correct"].text == "10" and prepared.answers["misconception"].text == "6"
+    _, spaced = prepare_arithmetic(model, PROMPT, ANSWERS)
+    assert spaced.answers["correct"].text == " 10" and spaced.context == PROMPT + " "
+
+
+def test_equal_length_batches_cover_every_index_once_in_unpadded_batches():
+    keys = [3, 1, 3, 2, 3, 1, 3]
+    batches = list(equal_length_batches(keys, batch_size=2))
+    assert batches == [[1, 5], [3], [0, 2], [4, 6]]
+    assert list(equal_length_batches(keys)) == [[1, 5], [3], [0, 2, 4, 6]]
+
+
+def test_run_by_length_puts_each_row_back_in_prompt_order():
+    model = tiny_model(char_tokenizer())
+    texts = ["1 + 1 =", "12 + 1 =", "2 + 2 =", "3 + 30 =", "4 + 4 ="]
+    prepared = [prepare_prompt(model, t, {"a": " 1", "b": " 2"}) for t in texts]
+    seen = []
+
+    def compute(tokens, indices):
+        seen.append((tokens.shape[0], len({len(prepared[i].tokens) for i in indices})))
+        return tokens.sum(-1), tokens[:, :1].float()
+
+    sums, firsts = run_by_length(prepared, compute, batch_size=2)
+    assert sums.tolist() == [int(p.tokens.sum()) for p in prepared]
+    assert torch.equal(firsts[:, 0], torch.stack([p.tokens[0] for p in prepared]).float())
+    assert sorted(seen) == [(1, 1), (2, 1), (2, 1)]  # 3 prompts of one length (2 + 1), 2 of another
