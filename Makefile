@@ -18,8 +18,9 @@ export TQDM_DISABLE := 1
 
 .PHONY: all setup test gpt2 paper pull repro lock clean-venv
 
-# Bad params fail here, before DVC removes any stage's old outputs.
-CHECK_PARAMS := $(BIN)/python -m analysis.params
+# Bad params fail here, before DVC removes any stage's old outputs; then dvc.yaml is
+# brought up to date with the stages declared in analysis/params.py.
+CHECK_PARAMS := $(BIN)/python -m analysis.params && $(BIN)/python -m analysis.pipeline
 
 all: setup  ## the whole pipeline and paper for the bundled model
 	$(CHECK_PARAMS)

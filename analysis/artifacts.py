@@ -6,10 +6,14 @@ Every format is deterministic: safetensors for tensors, JSON with sorted keys an
 Python's shortest round-trip float repr, SVG figures with fixed metadata and hash salt.
 Reads check the results against their schema (`ArtifactError` names the file and field).
 
-Layout, for a model key M and a stage S:
+Layout, for a model key M and a stage S (params.OUTPUTS):
     data/M/S.safetensors        tensors
     data/M/metrics/S.json       scalars and small lists: what the paper quotes
-    data/M/figures/S*.svg       figures, from the same plot_* functions the paper calls
+    data/M/S/                   a folder, for outputs in other formats (trained SAEs)
+Figures are drawn by the paper, from these files, with the stages' plot_* functions.
+
+Every results file read through this module is recorded (`reads()`), so that a stage or
+the paper can be checked to read exactly the dependencies dvc.yaml declares.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from analysis.params import OUTPUTS
+
 DATA_DIR = Path("data")
+_READS: set[Path] = set()
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -48,16 +55,30 @@ class StagePaths:
     def model_dir(self) -> Path:
         return self.root / self.model
 
+    def _output(self, kind: str) -> Path:
+        return self.model_dir / OUTPUTS[kind].format(stage=self.stage)
+
     @property
     def tensors(self) -> Path:
-        return self.model_dir / f"{self.stage}.safetensors"
+        return self._output("tensors")
 
     @property
     def metrics(self) -> Path:
-        return self.model_dir / "metrics" / f"{self.stage}.json"
+        return self._output("metrics")
 
-    def figure(self, name: str | None = None) -> Path:
-        return self.model_dir / "figures" / f"{name or self.stage}.svg"
+    @property
+    def dir(self) -> Path:
+        return self._output("dir")
+
+
+def record_read(path: Path) -> None:
+    """Note that a results file (or folder) was read; readers here call it themselves."""
+    _READS.add(Path(path).resolve())
+
+
+def reads() -> set[Path]:
+    """Every results path read in this process so far."""
+    return set(_READS)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -132,6 +153,7 @@ M = TypeVar("M", bound=BaseModel)
 def load_json(path: Path, schema: type[M]) -> M:
     """Read a results file and check it against its schema."""
     path = Path(path)
+    record_read(path)
     if not path.exists():
         raise ArtifactError(f"{path}: missing. Run `dvc pull` (or `dvc repro`) to get it.")
     try:
@@ -157,6 +179,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 def load_tensors(path: Path, expected: dict[str, tuple[int, ...] | int] | None = None) -> dict[str, torch.Tensor]:
     """Read a safetensors file; `expected` maps names to shapes (or to ndim) to check."""
     path = Path(path)
+    record_read(path)
     if not path.exists():
         raise ArtifactError(f"{path}: missing. Run `dvc pull` (or `dvc repro`) to get it.")
     try:
@@ -172,17 +195,14 @@ def load_tensors(path: Path, expected: dict[str, tuple[int, ...] | int] | None =
     return tensors
 
 
-def figure_svg(fig: Any, **savefig: Any) -> bytes:
-    """A figure as SVG with no date and a fixed id salt: the same figure gives the same bytes."""
+def figure_svg(fig: Any) -> bytes:
+    """A figure as SVG, cropped to its content, with no date and a fixed id salt: the same
+    figure gives the same bytes."""
     import io
 
     import matplotlib
 
     buffer = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "arith-mismatch", "svg.fonttype": "path"}):
-        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None}, **savefig)
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
     return buffer.getvalue()
-
-
-def save_figure(path: Path, fig: Any) -> None:
-    atomic_write_bytes(path, figure_svg(fig))

@@ -1,8 +1,8 @@
 """Behaviour across single-digit addition (the study's Figures 6 and 8).
 
 DVC stage `behaviour@<model>`. Reads params.yaml [seed, models.<model>, prompt, stats,
-behaviour]; writes data/<model>/behaviour.safetensors,
-data/<model>/metrics/behaviour.json and data/<model>/figures/behaviour_*.svg.
+behaviour]; writes data/<model>/behaviour.safetensors and
+data/<model>/metrics/behaviour.json. The paper draws its figures from them.
 
 For every pair a + b with a, b in 0..max_operand, in three conditions:
 - zero_shot: "a + b =" alone;
@@ -33,10 +33,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
-from analysis.prompts import ArithmeticPrompt, PreparedPrompt, parse_arithmetic, prepare_prompt
+from analysis.arithmetic import ArithmeticPrompt, parse_arithmetic
+from analysis.prompts import PreparedPrompt, prepare_prompt
 from analysis.scoring import continues_number, score_and_read, score_answers
 from analysis.stage import run_stage
 from analysis.stats import Estimate, cluster_bootstrap
@@ -274,9 +275,6 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
                                n_pairs=(settings.max_operand + 1) ** 2, conditions=results, frequency=frequency)
     save_tensors(paths.tensors, tensors)
     save_json(paths.metrics, metrics)
-    save_figure(paths.figure("behaviour_summary"), plot_summary(metrics))
-    save_figure(paths.figure("behaviour_grids"), plot_grids(metrics, tensors))
-    save_figure(paths.figure("behaviour_frequency"), plot_frequency(metrics))
     return metrics
 
 

@@ -48,7 +48,7 @@ def windows(tokenizer, text: str, context_size: int) -> Int[Tensor, "window pos"
 @dataclass(frozen=True)
 class Corpus:
     train: Int[Tensor, "window pos"]
-    heldout: Int[Tensor, "window pos"]
+    heldout: Int[Tensor, "heldout pos"]
     source: Int[Tensor, "window"]  # of the training windows: 0 prose, 1 arithmetic
     prose_sha256: str
 

@@ -1,8 +1,8 @@
 """Attention heads (the study's Figures 2 and 5): which heads copy the context's answers.
 
 DVC stage `heads@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
-stats, heads, sae.spacing_variants]; writes data/<model>/heads.safetensors,
-data/<model>/metrics/heads.json and data/<model>/figures/heads_*.svg.
+stats, heads]; writes data/<model>/heads.safetensors and
+data/<model>/metrics/heads.json. The paper draws its figures from them.
 
 Every head is measured, and the data name the heads:
 - induction and previous-token scores, on repeated random token sequences (the standard
@@ -30,13 +30,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, ablation_bars, styled
+from analysis.arithmetic import parse_arithmetic
 from analysis.prompts import (
     PreparedPrompt,
     equal_length_batches,
-    parse_arithmetic,
     prepare_arithmetic,
     prepare_family,
     prepare_prompt,
@@ -138,6 +138,12 @@ class HeadAttribution:
     def parts_sum(self) -> Float[Tensor, "batch"]:
         return (self.per_head.sum((1, 2)) + self.mlp.sum(1) + self.attn_bias.sum(1)
                 + self.embed + self.unembed_bias)
+
+    def parts(self, row: int) -> dict[str, float]:
+        """One prompt's logit difference, split: heads, mlp, attn_bias, embed, unembed_bias."""
+        return {"heads": self.per_head[row].sum().item(), "mlp": self.mlp[row].sum().item(),
+                "attn_bias": self.attn_bias[row].sum().item(), "embed": self.embed[row].item(),
+                "unembed_bias": self.unembed_bias[row].item()}
 
 
 def _dla_hooks(name: str) -> bool:
@@ -310,73 +316,53 @@ def _patterns(model, tokens: Tensor) -> Tensor:
     return torch.stack([store[l] for l in range(model.cfg.n_layers)])  # (layer, head, q, k)
 
 
-def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
-    spec, settings = params.model(key), params.heads
-    answers = params.prompt.answers.model_dump()
-    canonical = parse_arithmetic(params.prompt.canonical)
-    control = parse_arithmetic(params.prompt.control)
-    prepared = prepare_prompt(model, canonical.text, answers)
-    prepared_control = prepare_prompt(model, control.text, answers)
+@dataclass(frozen=True)
+class FamilyScores:
+    prompts: list  # the family's ArithmeticPrompts
+    prepared: list[PreparedPrompt]
+    attention: Float[Tensor, "prompt layer head"]  # final position -> previous example's answer
+    copy_dla: Float[Tensor, "prompt layer head"]  # logit(copy) - logit(correct), direct
+    attention_ci: tuple[Tensor, Tensor]
+    copy_dla_ci: tuple[Tensor, Tensor]
 
-    induction, previous = compute_induction_scores(model, settings.induction.n_sequences,
-                                                   settings.induction.half_length, params.seed)
-    canon_attn = _final_attention_of(model, [canonical], [prepared])
-    dla = compute_head_dla(model, prepared.tokens[None],
-                           torch.tensor([prepared.answers["misconception"].first_token_id]),
-                           torch.tensor([prepared.answers["correct"].first_token_id]))
-    family, family_prepared = prepare_family(model, params.family)
-    family_attn = _final_attention_of(model, family, family_prepared)
-    family_prev = family_attn.to_shot_answers[..., -1]  # (prompt, layer, head)
-    copy_dla = _copy_dla_of(model, family_prepared)
-    seed, n_boot, level = params.seed, params.stats.bootstrap_resamples, params.stats.ci_level
-    fam_low, fam_high = bootstrap_ci(family_prev, n_boot, seed, level)
-    copy_low, copy_high = bootstrap_ci(copy_dla, n_boot, seed, level)
-    fam_mean, copy_mean = family_prev.mean(0), copy_dla.mean(0)
 
-    canon_prev = canon_attn.to_shot_answers[0, ..., -1]
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+def family_scores(model, params: Params) -> FamilyScores:
+    prompts, prepared = prepare_family(model, params.family)
+    attention = _final_attention_of(model, prompts, prepared).to_shot_answers[..., -1]
+    copy_dla = _copy_dla_of(model, prepared)
+    n_boot, level = params.stats.bootstrap_resamples, params.stats.ci_level
+    return FamilyScores(prompts, prepared, attention, copy_dla,
+                        bootstrap_ci(attention, n_boot, params.seed, level),
+                        bootstrap_ci(copy_dla, n_boot, params.seed, level))
 
-    def summary(layer: int, head: int) -> HeadSummary:
-        return HeadSummary(
-            layer=layer, head=head,
-            context_answer_attention=canon_prev[layer, head].item(),
-            family_mean=fam_mean[layer, head].item(),
-            family_low=fam_low[layer, head].item(), family_high=fam_high[layer, head].item(),
-            induction_score=induction[layer, head].item(), prev_token_score=previous[layer, head].item(),
-            dla=dla.per_head[0, layer, head].item(),
-            copy_dla_family_mean=copy_mean[layer, head].item(),
-        )
 
-    order = fam_mean.flatten().argsort(descending=True)
-    ranked = [divmod(int(i), n_heads) for i in order]
-    top = [summary(layer, head) for layer, head in ranked[: settings.top_k]]
-    top_induction = summary(*divmod(int(induction.flatten().argmax()), n_heads))
-    by_dla = dla.per_head[0].flatten().argsort(descending=True)[: settings.top_k]
-    top_dla = [summary(*divmod(int(i), n_heads)) for i in by_dla]
-    configured = None
-    if spec.configured_head is not None:
-        layer, head = spec.configured_head.layer, spec.configured_head.head
-        to_operands = canon_attn.to_query_operands[0, layer, head]
-        configured = ConfiguredHead(
-            layer=layer, head=head,
-            to_previous_answer=canon_prev[layer, head].item(),
-            to_current_operands=to_operands.sum().item(),
-            to_each_operand=to_operands.tolist(),
-            rank_by_family_attention=ranked.index((layer, head)) + 1,
-        )
-    figure_heads = []
-    for pair in ([[configured.layer, configured.head]] if configured else []) + \
-            [[top_induction.layer, top_induction.head], [top[0].layer, top[0].head]]:
-        if pair not in figure_heads:
-            figure_heads.append(pair)
+def summarize_head(layer: int, head: int, canon_prev: Tensor, fam: FamilyScores, induction: Tensor,
+                   previous: Tensor, dla: Tensor) -> HeadSummary:
+    return HeadSummary(
+        layer=layer, head=head,
+        context_answer_attention=canon_prev[layer, head].item(),
+        family_mean=fam.attention.mean(0)[layer, head].item(),
+        family_low=fam.attention_ci[0][layer, head].item(), family_high=fam.attention_ci[1][layer, head].item(),
+        induction_score=induction[layer, head].item(), prev_token_score=previous[layer, head].item(),
+        dla=dla[layer, head].item(), copy_dla_family_mean=fam.copy_dla.mean(0)[layer, head].item(),
+    )
 
-    spacing = {}
-    for name, text in params.sae.spacing_variants.items():
-        variant, prepared_variant = prepare_arithmetic(model, text, answers)
-        attention = _final_attention_of(model, [variant], [prepared_variant]).to_shot_answers[0, ..., -1]
-        spacing[name] = SpacingAttention(prompt=prepared_variant.context,
-                                         to_previous_answer=[attention[l, h].item() for l, h in figure_heads])
 
+def configured_head(spec, canon_attn: FinalAttention, ranked: list[tuple[int, int]]) -> ConfiguredHead | None:
+    """The head named in params (the study's L8H6 for GPT-2 small), measured like the others."""
+    if spec.configured_head is None:
+        return None
+    layer, head = spec.configured_head.layer, spec.configured_head.head
+    to_operands = canon_attn.to_query_operands[0, layer, head]
+    return ConfiguredHead(layer=layer, head=head,
+                          to_previous_answer=canon_attn.to_shot_answers[0, layer, head, -1].item(),
+                          to_current_operands=to_operands.sum().item(), to_each_operand=to_operands.tolist(),
+                          rank_by_family_attention=ranked.index((layer, head)) + 1)
+
+
+def head_roles(configured: ConfiguredHead | None, top_induction: HeadSummary, top: list[HeadSummary],
+               top_dla: list[HeadSummary]) -> dict[tuple[int, int], list[str]]:
+    """The candidate heads for ablation, each with why it is a candidate."""
     roles: dict[tuple[int, int], list[str]] = {}
     if configured:
         roles.setdefault((configured.layer, configured.head), []).append("named in params")
@@ -385,56 +371,99 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
         roles.setdefault((h.layer, h.head), []).append("attends to the previous answer")
     for h in top_dla[:2]:
         roles.setdefault((h.layer, h.head), []).append("pushes the misconception (DLA)")
-    base_canonical = first_token_probs(model, [prepared], ("correct", "misconception"))[0]
-    base_family = first_token_probs(model, family_prepared, ("correct", "copy"))
-    ablations = []
-    for (layer, head), head_roles in roles.items():
-        value = mean_head_output(model, family_prepared, layer, head) if settings.ablation == "mean" else None
-        hooks = head_ablation_hooks(layer, head, value)
-        canonical_delta = first_token_probs(model, [prepared], ("correct", "misconception"), hooks)[0] - base_canonical
-        family_delta = first_token_probs(model, family_prepared, ("correct", "copy"), hooks) - base_family
-        ablations.append(HeadAblation(
-            layer=layer, head=head, roles=head_roles,
-            canonical={"correct": canonical_delta[0].item(), "misconception": canonical_delta[1].item()},
-            family={name: estimate_mean(family_delta[:, i], n_boot, seed, level)
-                    for i, name in enumerate(("correct", "copy"))},
-        ))
+    return roles
 
-    def interval(mean: Tensor, low: Tensor, high: Tensor) -> Interval:
-        return Interval(mean=mean.tolist(), low=low.tolist(), high=high.tolist(), n_prompts=len(family))
+
+def ablate_heads(model, params: Params, roles: dict[tuple[int, int], list[str]], prepared: PreparedPrompt,
+                 family: list[PreparedPrompt]) -> tuple[dict[str, float], dict[str, float], list[HeadAblation]]:
+    """(base canonical probs, base family means, one HeadAblation per candidate head)."""
+    n_boot, level, seed = params.stats.bootstrap_resamples, params.stats.ci_level, params.seed
+    base_canonical = first_token_probs(model, [prepared], ("correct", "misconception"))[0]
+    base_family = first_token_probs(model, family, ("correct", "copy"))
+    ablations = []
+    for (layer, head), head_roles_ in roles.items():
+        value = mean_head_output(model, family, layer, head) if params.heads.ablation == "mean" else None
+        hooks = head_ablation_hooks(layer, head, value)
+        canonical = first_token_probs(model, [prepared], ("correct", "misconception"), hooks)[0] - base_canonical
+        delta = first_token_probs(model, family, ("correct", "copy"), hooks) - base_family
+        ablations.append(HeadAblation(
+            layer=layer, head=head, roles=head_roles_,
+            canonical={"correct": canonical[0].item(), "misconception": canonical[1].item()},
+            family={name: estimate_mean(delta[:, i], n_boot, seed, level) for i, name in enumerate(("correct", "copy"))},
+        ))
+    return ({"correct": base_canonical[0].item(), "misconception": base_canonical[1].item()},
+            {"correct": base_family[:, 0].mean().item(), "copy": base_family[:, 1].mean().item()}, ablations)
+
+
+def spacing_attention(model, params: Params, heads: list[list[int]]) -> dict[str, SpacingAttention]:
+    spacing = {}
+    for name, text in params.prompt.spacing_variants.items():
+        variant, prepared = prepare_arithmetic(model, text, params.prompt.answers.model_dump())
+        attention = _final_attention_of(model, [variant], [prepared]).to_shot_answers[0, ..., -1]
+        spacing[name] = SpacingAttention(prompt=prepared.context,
+                                         to_previous_answer=[attention[l, h].item() for l, h in heads])
+    return spacing
+
+
+def _figure_heads(configured: ConfiguredHead | None, top_induction: HeadSummary, top: list[HeadSummary]) -> list:
+    pairs = ([[configured.layer, configured.head]] if configured else []) + \
+        [[top_induction.layer, top_induction.head], [top[0].layer, top[0].head]]
+    return [pair for i, pair in enumerate(pairs) if pair not in pairs[:i]]
+
+
+def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
+    answers, n_heads = params.prompt.answers.model_dump(), model.cfg.n_heads
+    canonical = parse_arithmetic(params.prompt.canonical)
+    prepared = prepare_prompt(model, canonical.text, answers)
+    control = prepare_prompt(model, params.prompt.control, answers)
+    ind = params.heads.induction
+    induction, previous = compute_induction_scores(model, ind.n_sequences, ind.half_length, params.seed)
+    canon_attn = _final_attention_of(model, [canonical], [prepared])
+    dla = compute_head_dla(model, prepared.tokens[None],
+                           torch.tensor([prepared.answers["misconception"].first_token_id]),
+                           torch.tensor([prepared.answers["correct"].first_token_id]))
+    fam = family_scores(model, params)
+    canon_prev = canon_attn.to_shot_answers[0, ..., -1]
+
+    def summary(layer: int, head: int) -> HeadSummary:
+        return summarize_head(layer, head, canon_prev, fam, induction, previous, dla.per_head[0])
+
+    ranked = [divmod(int(i), n_heads) for i in fam.attention.mean(0).flatten().argsort(descending=True)]
+    top = [summary(*pair) for pair in ranked[: params.heads.top_k]]
+    top_induction = summary(*divmod(int(induction.flatten().argmax()), n_heads))
+    top_dla = [summary(*divmod(int(i), n_heads))
+               for i in dla.per_head[0].flatten().argsort(descending=True)[: params.heads.top_k]]
+    configured = configured_head(params.model(key), canon_attn, ranked)
+    figure_heads = _figure_heads(configured, top_induction, top)
+    base_canonical, base_family, ablations = ablate_heads(
+        model, params, head_roles(configured, top_induction, top, top_dla), prepared, fam.prepared)
+
+    def interval(values: Tensor, ci: tuple[Tensor, Tensor]) -> Interval:
+        return Interval(mean=values.mean(0).tolist(), low=ci[0].tolist(), high=ci[1].tolist(),
+                        n_prompts=len(fam.prompts))
 
     metrics = HeadsMetrics(
-        model=key, n_layers=n_layers, n_heads=n_heads,
-        prompt=prepared.context, control_prompt=prepared_control.context,
-        prompt_tokens=list(prepared.str_tokens), control_tokens=list(prepared_control.str_tokens),
+        model=key, n_layers=model.cfg.n_layers, n_heads=n_heads,
+        prompt=prepared.context, control_prompt=control.context,
+        prompt_tokens=list(prepared.str_tokens), control_tokens=list(control.str_tokens),
         induction_score=induction.tolist(), prev_token_score=previous.tolist(),
         context_answer_attention=canon_prev.tolist(),
         context_answer_attention_by_shot=canon_attn.to_shot_answers[0].tolist(),
-        context_answer_attention_family=interval(fam_mean, fam_low, fam_high),
-        dla=dla.per_head[0].tolist(), dla_total=dla.total[0].item(),
-        dla_parts={"heads": dla.per_head[0].sum().item(), "mlp": dla.mlp[0].sum().item(),
-                   "attn_bias": dla.attn_bias[0].sum().item(), "embed": dla.embed[0].item(),
-                   "unembed_bias": dla.unembed_bias[0].item()},
-        copy_dla_family=interval(copy_mean, copy_low, copy_high),
+        context_answer_attention_family=interval(fam.attention, fam.attention_ci),
+        dla=dla.per_head[0].tolist(), dla_total=dla.total[0].item(), dla_parts=dla.parts(0),
+        copy_dla_family=interval(fam.copy_dla, fam.copy_dla_ci),
         top_heads=top, top_dla_heads=top_dla, top_induction_head=top_induction, configured_head=configured,
-        figure_heads=figure_heads, spacing=spacing, family_examples=[p.text for p in family[:3]],
-        ablation=settings.ablation,
-        base_canonical={"correct": base_canonical[0].item(), "misconception": base_canonical[1].item()},
-        base_family={"correct": base_family[:, 0].mean().item(), "copy": base_family[:, 1].mean().item()},
-        ablations=ablations,
+        figure_heads=figure_heads, spacing=spacing_attention(model, params, figure_heads),
+        family_examples=[p.text for p in fam.prompts[:3]], ablation=params.heads.ablation,
+        base_canonical=base_canonical, base_family=base_family, ablations=ablations,
     )
+    patterns = {f"pattern_{name}": _patterns(model, p.tokens) for name, p in (("canonical", prepared), ("control", control))}
     save_tensors(paths.tensors, {
         "induction_score": induction, "prev_token_score": previous,
-        "family_prev_answer_attention": family_prev, "family_copy_dla": copy_dla,
-        "dla": dla.per_head[0], "pattern_canonical": _patterns(model, prepared.tokens),
-        "pattern_control": _patterns(model, prepared_control.tokens),
+        "family_prev_answer_attention": fam.attention, "family_copy_dla": fam.copy_dla,
+        "dla": dla.per_head[0], **patterns,
     })
     save_json(paths.metrics, metrics)
-    tensors = load_tensors(paths.tensors)
-    save_figure(paths.figure("heads_scores"), plot_head_scores(metrics))
-    save_figure(paths.figure("heads_patterns"), plot_attention_patterns(metrics, tensors))
-    save_figure(paths.figure("heads_control"), plot_control_comparison(metrics, tensors))
-    save_figure(paths.figure("heads_ablation"), plot_head_ablation(metrics))
     return metrics
 
 

@@ -1,8 +1,8 @@
 """Logit lens (the study's Figure 1): each answer's probability after every layer.
 
 DVC stage `logit_lens@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
-stats, logit_lens]; writes data/<model>/logit_lens.safetensors,
-data/<model>/metrics/logit_lens.json and data/<model>/figures/logit_lens*.svg.
+stats, logit_lens]; writes data/<model>/logit_lens.safetensors and
+data/<model>/metrics/logit_lens.json. The paper draws its figures from them.
 
 At the final position, the residual stream after block l (`resid_post`) is passed
 through the final norm and the unembedding and softmaxed, as the study does. The norm's
@@ -24,9 +24,10 @@ from jaxtyping import Float, Int
 from pydantic import model_validator
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params
-from analysis.plotting import COLORS, quote_token, styled
+from analysis.plotting import COLORS, styled
+from analysis.report import quote_token
 from analysis.prompts import PreparedPrompt, prepare_family, prepare_prompt, run_by_length
 from analysis.scoring import score_answers
 from analysis.stage import run_stage
@@ -230,8 +231,6 @@ def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
         "family_lens": family_lens,  # (prompt, layer, [correct, copy])
     })
     save_json(paths.metrics, metrics)
-    save_figure(paths.figure(), plot_logit_lens(metrics))
-    save_figure(paths.figure("logit_lens_family"), plot_family_lens(metrics))
     return metrics
 
 

@@ -30,7 +30,6 @@ same bytes.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -45,7 +44,8 @@ import yaml
 
 from analysis.artifacts import atomic_write_bytes
 from analysis.models import FORBID_ENV
-from analysis.params import exit_on_params_error, load_params
+from analysis.params import exit_on_params_error, load_params, parse_model_arg
+from analysis.pipeline import paper_reads, undeclared_reads
 
 PAPER_DIR = Path("paper")
 BUILD_DIR = PAPER_DIR / "_build"
@@ -53,6 +53,7 @@ CELL_OPTIONS = {"label", "fig-cap", "tbl-cap", "echo", "output", "include", "war
 INLINE = re.compile(r"`\{python\}\s+([^`]+?)`")
 CROSSREF = re.compile(r"(?<![\w@])@((?:fig|tbl)-[A-Za-z0-9_-]+)")
 INLINE_MIME = "application/x-inline-values+json"
+READS_MIME = "application/x-results-read+json"
 
 
 class PaperError(RuntimeError):
@@ -124,16 +125,19 @@ def parse_qmd(text: str, name: str = "index.qmd") -> Document:
 
 # --- execution -------------------------------------------------------------------------
 
-KERNEL_SETUP = f"""
-import os
-os.environ[{FORBID_ENV!r}] = "1"
+KERNEL_SETUP = """
 from matplotlib.figure import Figure as _Figure
 from analysis.artifacts import figure_svg as _figure_svg
 
 _formatters = get_ipython().display_formatter.formatters
-_formatters["image/svg+xml"].for_type(_Figure, lambda fig: _figure_svg(fig, bbox_inches="tight").decode())
+_formatters["image/svg+xml"].for_type(_Figure, lambda fig: _figure_svg(fig).decode())
 _formatters["image/png"].pop(_Figure, None)
 del _formatters
+"""
+READS_CELL = f"""
+from IPython.display import display as _display
+from analysis.artifacts import reads as _reads
+_display({{{READS_MIME!r}: sorted(str(p) for p in _reads())}}, raw=True)
 """
 
 
@@ -143,62 +147,89 @@ def _inline_cell(expressions: list[str]) -> str:
             f"_display({{{INLINE_MIME!r}: [{items}]}}, raw=True)")
 
 
-def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> list[list[str]]:
-    """Run every cell in one fresh kernel; fill Code.outputs; return each Markdown chunk's inline values."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
-    nb = nbformat.v4.new_notebook()
+def notebook_cells(doc: Document, model: str) -> list[tuple[str, Code | Markdown | None]]:
+    """The cells to run, each with the chunk it belongs to: setup, the document's code
+    cells (the model injected after the parameters cell), one cell per markdown chunk
+    with inline values, and last the cell that reports which results files were read."""
     cells: list[tuple[str, Code | Markdown | None]] = [(KERNEL_SETUP, None)]
     for chunk in doc.chunks:
         if isinstance(chunk, Code):
             cells.append((chunk.source, chunk))
             if "parameters" in (chunk.options.get("tags") or []):
                 cells.append((f"model = {model!r}", None))
-        else:
-            expressions = INLINE.findall(chunk.text)
-            if expressions:
-                cells.append((_inline_cell(expressions), chunk))
-    nb.cells = [nbformat.v4.new_code_cell(source) for source, _ in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        elif INLINE.findall(chunk.text):
+            cells.append((_inline_cell(INLINE.findall(chunk.text)), chunk))
+    return [*cells, (READS_CELL, None)]
 
+
+def kernel_env() -> dict[str, str]:
+    """The kernel's environment: this one, plus the repository on PYTHONPATH and model
+    loading forbidden. The calling process's own environment is left as it is."""
     repo_root = str(Path.cwd().resolve())
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))
-    os.environ["JUPYTER_PREFER_ENV_PATH"] = "1"  # the kernel of this venv, not a user-wide one
-    os.environ[FORBID_ENV] = "1"
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    return {**os.environ, FORBID_ENV: "1", "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
+
+
+def _run_notebook(nb, cells: list, paper_dir: Path, timeout: int) -> None:
     from jupyter_client import KernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     sockets = tempfile.mkdtemp(prefix="paper-kernel-")
     # local sockets (ipc) rather than TCP: nothing listens on the network, nothing warns about it
     manager = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
     client = NotebookClient(nb, km=manager, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(paper_dir)}})
+    prefer = os.environ.get("JUPYTER_PREFER_ENV_PATH")
+    os.environ["JUPYTER_PREFER_ENV_PATH"] = "1"  # the kernel of this venv, not a user-wide one
     try:
-        client.execute()
+        client.execute(env=kernel_env())
     except CellExecutionError as exc:
-        failed = next((i for i, cell in enumerate(nb.cells)
-                       if any(o.get("output_type") == "error" for o in cell.get("outputs", []))), None)
-        where = ""
-        if failed is not None and cells[failed][1] is not None:
-            chunk = cells[failed][1]
-            where = f" in the cell at index.qmd:{chunk.line}" if isinstance(chunk, Code) else " in an inline value"
-        error = next((o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"), {})
-        raise PaperError(f"the manuscript failed{where}: {error.get('ename', 'Error')}: {error.get('evalue', exc)}") from None
+        raise _cell_error(nb, cells, exc) from None
     finally:
+        if prefer is None:
+            os.environ.pop("JUPYTER_PREFER_ENV_PATH", None)
+        else:
+            os.environ["JUPYTER_PREFER_ENV_PATH"] = prefer
         if manager.has_kernel:
             manager.shutdown_kernel(now=True)
         shutil.rmtree(sockets, ignore_errors=True)
 
+
+def _cell_error(nb, cells: list, exc: Exception) -> PaperError:
+    failed = next((i for i, cell in enumerate(nb.cells)
+                   if any(o.get("output_type") == "error" for o in cell.get("outputs", []))), None)
+    where = ""
+    if failed is not None and cells[failed][1] is not None:
+        chunk = cells[failed][1]
+        where = f" in the cell at index.qmd:{chunk.line}" if isinstance(chunk, Code) else " in an inline value"
+    error = next((o for cell in nb.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"), {})
+    return PaperError(f"the manuscript failed{where}: {error.get('ename', 'Error')}: {error.get('evalue', exc)}")
+
+
+def _data_of(cell, mime: str) -> Any:
+    values = [o["data"][mime] for o in cell.outputs if mime in o.get("data", {})]
+    return values[0] if values else None
+
+
+def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> tuple[list[list[str]], list[str]]:
+    """Run every cell in one fresh kernel; fill Code.outputs. Returns each Markdown chunk's
+    inline values, and the results files the cells read."""
+    import nbformat
+
+    cells = notebook_cells(doc, model)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source, _ in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    _run_notebook(nb, cells, paper_dir, timeout)
     inline: dict[int, list[str]] = {}
     for cell, (_, chunk) in zip(nb.cells, cells, strict=True):
         if isinstance(chunk, Code) and cell.source == chunk.source:
             chunk.outputs = [dict(o) for o in cell.outputs]
         elif isinstance(chunk, Markdown):
-            values = [o["data"][INLINE_MIME] for o in cell.outputs if INLINE_MIME in o.get("data", {})]
-            inline[id(chunk)] = values[0] if values else []
-    return [inline.get(id(chunk), []) for chunk in doc.chunks if isinstance(chunk, Markdown)]
+            inline[id(chunk)] = _data_of(cell, INLINE_MIME) or []
+    values = [inline.get(id(chunk), []) for chunk in doc.chunks if isinstance(chunk, Markdown)]
+    return values, _data_of(nb.cells[-1], READS_MIME) or []
 
 
 # --- assembling markdown ---------------------------------------------------------------
@@ -278,7 +309,8 @@ def render_code(chunk: Code, defaults: dict[str, Any], numbering: Numbering, fmt
     return "\n\n".join(p.strip("\n") for p in parts if p.strip())
 
 
-def assemble(doc: Document, inline: list[list[str]], defaults: dict[str, Any], fmt: str, figure_dir: Path) -> str:
+def assemble(doc: Document, inline: list[list[str]], defaults: dict[str, Any], fmt: str,
+             figure_dir: Path | None) -> str:
     numbering = Numbering()
     blocks = []
     markdown_index = 0
@@ -327,6 +359,14 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
     return out.read_bytes()
 
 
+def check_reads(model: str, read: list[str], repo: Path) -> None:
+    """The manuscript must read exactly the results that dvc.yaml lists for the paper."""
+    missing, unused = undeclared_reads([Path(p) for p in read], paper_reads(model), own=[], root=repo)
+    if missing or unused:
+        raise PaperError(f"the manuscript read {missing or 'nothing undeclared'} that no StageSpec's `paper` "
+                         f"lists, and never read {unused or 'nothing'} that one does (analysis/params.py)")
+
+
 def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) -> tuple[Path, Path]:
     with exit_on_params_error():
         params = load_params()
@@ -335,7 +375,8 @@ def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) 
     project = yaml.safe_load((paper_dir / "_quarto.yml").read_text()) or {}
     doc = parse_qmd((paper_dir / "index.qmd").read_text())
     defaults = {**(project.get("execute") or {}), **(doc.meta.get("execute") or {})}
-    inline = execute(doc, model, paper_dir)
+    inline, read = execute(doc, model, paper_dir)
+    check_reads(model, read, paper_dir.resolve().parent)
     html_format = (project.get("format") or {}).get("html") or {}
     typst_format = (project.get("format") or {}).get("typst") or {}
     css = paper_dir / html_format.get("css", "style.css")
@@ -355,11 +396,9 @@ def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m analysis.paper", description="DVC stage paper@<model>")
-    parser.add_argument("--model", required=True, help="a model key from params.yaml")
-    args = parser.parse_args(argv)
+    model, _ = parse_model_arg("paper", argv)
     try:
-        html, pdf = build(args.model)
+        html, pdf = build(model)
     except PaperError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(4) from None

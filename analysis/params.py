@@ -1,4 +1,10 @@
-"""params.yaml: its schema, and the one check every stage runs before any heavy work.
+"""params.yaml: its schema, the stages it drives, and the check every stage runs first.
+
+Each analysis stage is one section class here with a `stage` entry (a `StageSpec`): the
+shared sections it reads, the other stages' outputs it reads, and what it writes.
+`analysis/pipeline.py` writes dvc.yaml from these entries and the modules' imports, so a
+new stage is its module, its section in params.yaml, its section class here and its
+section of the paper (README: "Adding an analysis").
 
 `load_params()` reads the whole file and validates every section, whichever stage asks:
 a typo in a section that a later stage reads fails the first stage, not ten minutes in.
@@ -10,18 +16,20 @@ is allowed; `exit_on_params_error` turns it into one message on stderr and exit 
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from analysis.prompts import parse_arithmetic
+from analysis.arithmetic import parse_arithmetic
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -56,7 +64,15 @@ class HeadRef(Section):
     head: NonNegativeInt
 
 
-SAE_HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out)$")
+HOOK = re.compile(r"^blocks\.(\d+)\.(hook_resid_pre|hook_resid_mid|hook_resid_post|hook_mlp_out|hook_attn_out)$")
+
+
+def hook_layer(hook: str) -> int:
+    """The block of a residual-width hook point: 9 for 'blocks.9.hook_resid_pre'."""
+    match = HOOK.match(hook)
+    if not match:
+        raise ValueError(f"{hook!r} is not a residual-width block hook such as 'blocks.9.hook_resid_pre'")
+    return int(match.group(1))
 
 
 class SaeParams(Section):
@@ -91,6 +107,7 @@ class PromptParams(Section):
     canonical: Text
     control: Text
     answers: Answers
+    spacing_variants: Annotated[dict[str, Text], Field(min_length=1)]  # the canonical prompt spaced otherwise
 
 
 class FamilyParams(Section):
@@ -105,7 +122,34 @@ class StatsParams(Section):
     ci_level: Annotated[float, Field(strict=True, gt=0, lt=1)]
 
 
+# --- the stages ------------------------------------------------------------------------
+
+OUTPUTS = {  # what a stage can write, under data/<model>/
+    "tensors": "{stage}.safetensors",
+    "metrics": "metrics/{stage}.json",
+    "dir": "{stage}",
+}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How a stage is wired: `python -m analysis.<stage> --model <key>` reads seed,
+    models.<key>, its own section and `shared`, and the outputs `reads` of other stages
+    ("sae_train:dir"); it writes `writes`, of which the paper reads `paper`."""
+
+    shared: tuple[str, ...]
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ("tensors", "metrics")
+    paper: tuple[str, ...] = ("tensors", "metrics")
+
+
+def output_path(stage: str, kind: str, model: str) -> str:
+    """An output's path from the repository root: output_path('heads', 'metrics', 'gpt2-small')."""
+    return f"data/{model}/" + OUTPUTS[kind].format(stage=stage)
+
+
 class LogitLensParams(Section):
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"))
     top_k: PositiveInt
 
 
@@ -115,12 +159,14 @@ class InductionParams(Section):
 
 
 class HeadsParams(Section):
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"))
     induction: InductionParams
     top_k: PositiveInt
     ablation: Literal["zero", "mean"]
 
 
 class BehaviourParams(Section):
+    stage: ClassVar = StageSpec(shared=("prompt", "stats"))
     max_operand: PositiveInt
     n_shots: PositiveInt
     n_contexts: PositiveInt
@@ -137,7 +183,8 @@ class SaeCorpusParams(Section):
     seed: NonNegativeInt
 
 
-class SaeTrainingParams(Section):
+class SaeTrainParams(Section):
+    stage: ClassVar = StageSpec(shared=("family",), writes=("dir", "metrics"), paper=("metrics",))
     k: PositiveInt  # latents active per token (TopK)
     lr: Annotated[float, Field(strict=True, gt=0)]
     batch_size: PositiveInt
@@ -147,11 +194,12 @@ class SaeTrainingParams(Section):
 
 
 class SaeAnalysisParams(Section):
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"), reads=("sae_train:dir", "sae_train:metrics"),
+                                paper=("metrics",))
     top_k: PositiveInt
     ablation: Literal["zero", "mean"]
     attribution_metric: Literal["logit_diff", "prob_diff"]
     top_tokens: PositiveInt
-    spacing_variants: Annotated[dict[str, Text], Field(min_length=1)]
 
 
 class PaperParams(Section):
@@ -173,10 +221,11 @@ class Params(Section):
     prompt: PromptParams
     family: FamilyParams
     stats: StatsParams
+    # one field per analysis stage, in the order they run; the field's name is the stage's
     logit_lens: LogitLensParams
     heads: HeadsParams
     behaviour: BehaviourParams
-    sae_training: SaeTrainingParams
+    sae_train: SaeTrainParams
     sae: SaeAnalysisParams
     paper: PaperParams
 
@@ -184,6 +233,12 @@ class Params(Section):
         if key not in self.models:
             raise ParamsError("models", key, f"unknown model; params.yaml declares {sorted(self.models)}")
         return self.models[key]
+
+
+def stages() -> dict[str, StageSpec]:
+    """Every analysis stage, in the order of Params' fields: name -> its StageSpec."""
+    return {name: field.annotation.stage for name, field in Params.model_fields.items()
+            if isinstance(getattr(field.annotation, "stage", None), StageSpec)}
 
 
 def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
@@ -199,12 +254,15 @@ def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
     return ".".join(loc), error.get("input"), message
 
 
+# --- checks that span fields: what pydantic's per-field types cannot say -----------------
+
 def _check_sae(params: Params, field: str, sae: SaeParams, shape: Shape) -> None:
-    match = SAE_HOOK.match(sae.hook)
-    if not match:
+    try:
+        layer = hook_layer(sae.hook)
+    except ValueError:
         raise ParamsError(f"{field}.hook", sae.hook, "a residual-width hook: blocks.<layer>.hook_resid_pre, "
-                          "hook_resid_mid, hook_resid_post, hook_mlp_out or hook_attn_out")
-    if int(match.group(1)) >= shape.n_layers:
+                          "hook_resid_mid, hook_resid_post, hook_mlp_out or hook_attn_out") from None
+    if layer >= shape.n_layers:
         raise ParamsError(f"{field}.hook", sae.hook, f"a block in 0..{shape.n_layers - 1}")
     if sae.d_in != shape.d_model:
         raise ParamsError(f"{field}.d_in", sae.d_in, f"{shape.d_model}, the width of {sae.hook} (d_model)")
@@ -212,39 +270,42 @@ def _check_sae(params: Params, field: str, sae: SaeParams, shape: Shape) -> None
         for name in ("release", "sae_id"):
             if not getattr(sae, name):
                 raise ParamsError(f"{field}.{name}", getattr(sae, name), "required for a pretrained SAE")
-    elif params.sae_training.k >= sae.d_sae:
-        raise ParamsError("sae_training.k", params.sae_training.k, f"fewer than the SAE's d_sae ({sae.d_sae})")
+    elif params.sae_train.k >= sae.d_sae:
+        raise ParamsError("sae_train.k", params.sae_train.k, f"fewer than the SAE's d_sae ({sae.d_sae})")
     for feature in sae.report_features:
         if feature >= sae.d_sae:
             raise ParamsError(f"{field}.report_features", feature, f"a latent index in 0..{sae.d_sae - 1}")
 
 
-def _check_consistency(params: Params) -> None:
-    """Checks that span fields: what pydantic's per-field types cannot say."""
+def _check_model(params: Params, key: str, model: ModelParams) -> None:
+    field = f"models.{key}"
+    required = {"gguf_wheel": ("package", "gguf_file"), "hub": ("hub_name",)}[model.source]
+    for name in required:
+        if not getattr(model, name):
+            raise ParamsError(f"{field}.{name}", getattr(model, name),
+                              f"required (a non-empty string) when source is {model.source!r}")
+    shape, head = model.shape, model.configured_head
+    if head is not None and head.layer >= shape.n_layers:
+        raise ParamsError(f"{field}.configured_head.layer", head.layer,
+                          f"a layer in 0..{shape.n_layers - 1} ({key} has {shape.n_layers} layers)")
+    if head is not None and head.head >= shape.n_heads:
+        raise ParamsError(f"{field}.configured_head.head", head.head,
+                          f"a head in 0..{shape.n_heads - 1} ({key} has {shape.n_heads} heads per layer)")
+    for name, sae in model.saes.items():
+        _check_sae(params, f"{field}.saes.{name}", sae, shape)
+    if params.heads.top_k > shape.n_layers * shape.n_heads:
+        raise ParamsError("heads.top_k", params.heads.top_k,
+                          f"at most {shape.n_layers * shape.n_heads}, the number of heads of {key}")
+
+
+def _check_models(params: Params) -> None:
     if not params.models:
         raise ParamsError("models", {}, "declare at least one model")
     for key, model in params.models.items():
-        field = f"models.{key}"
-        required = {"gguf_wheel": ("package", "gguf_file"), "hub": ("hub_name",)}[model.source]
-        for name in required:
-            if not getattr(model, name):
-                raise ParamsError(f"{field}.{name}", getattr(model, name),
-                                  f"required (a non-empty string) when source is {model.source!r}")
-        shape = model.shape
-        if model.configured_head is not None:
-            head = model.configured_head
-            if head.layer >= shape.n_layers:
-                raise ParamsError(f"{field}.configured_head.layer", head.layer,
-                                  f"a layer in 0..{shape.n_layers - 1} ({key} has {shape.n_layers} layers)")
-            if head.head >= shape.n_heads:
-                raise ParamsError(f"{field}.configured_head.head", head.head,
-                                  f"a head in 0..{shape.n_heads - 1} ({key} has {shape.n_heads} heads per layer)")
-        for name, sae in model.saes.items():
-            _check_sae(params, f"{field}.saes.{name}", sae, shape)
-        if params.heads.top_k > shape.n_layers * shape.n_heads:
-            raise ParamsError("heads.top_k", params.heads.top_k,
-                              f"at most {shape.n_layers * shape.n_heads}, the number of heads of {key}")
+        _check_model(params, key, model)
 
+
+def _check_prompts(params: Params) -> None:
     prompt = params.prompt
     for name in ("canonical", "control"):
         text = getattr(prompt, name)
@@ -256,7 +317,20 @@ def _check_consistency(params: Params) -> None:
             raise ParamsError("prompt.canonical", text, "at least one solved example before the query")
         if name == "control" and parsed.shots:
             raise ParamsError("prompt.control", text, "the query alone, with no examples (e.g. '5 + 5 =')")
-    answers = prompt.answers.model_dump()
+    canonical = parse_arithmetic(prompt.canonical)
+    for name, text in prompt.spacing_variants.items():
+        try:
+            variant = parse_arithmetic(text)
+        except ValueError as exc:
+            raise ParamsError(f"prompt.spacing_variants.{name}", text,
+                              f"the canonical prompt in another spacing ({exc})") from None
+        if (variant.shots, variant.query) != (canonical.shots, canonical.query):
+            raise ParamsError(f"prompt.spacing_variants.{name}", text,
+                              f"the same sums as prompt.canonical ({prompt.canonical!r}), spaced differently")
+
+
+def _check_answers(params: Params) -> None:
+    answers = params.prompt.answers.model_dump()
     for name, text in answers.items():
         if not text.strip():
             raise ParamsError(f"prompt.answers.{name}", text, "a non-empty answer string such as ' 10'")
@@ -266,28 +340,28 @@ def _check_consistency(params: Params) -> None:
     for name, text in answers.items():
         if not text.strip().isdigit():
             raise ParamsError(f"prompt.answers.{name}", text, "a number written as text, such as ' 10'")
+
+
+def _check_operands(params: Params) -> None:
     for section in ("family", "behaviour"):
         bound = getattr(params, section).max_operand
         if bound > 99:
             raise ParamsError(f"{section}.max_operand", bound, "an operand bound in 1..99")
+
+
+def _check_behaviour(params: Params) -> None:
     behaviour = params.behaviour
     digits = len(str(2 * behaviour.max_operand))
     if behaviour.max_answer_tokens < digits + 1:
         raise ParamsError("behaviour.max_answer_tokens", behaviour.max_answer_tokens,
                           f"at least {digits + 1}: answers up to {2 * behaviour.max_operand} can take {digits} "
                           "digit tokens, and one more shows where the number ends")
-    canonical = parse_arithmetic(prompt.canonical)
-    for name, text in params.sae.spacing_variants.items():
-        try:
-            variant = parse_arithmetic(text)
-        except ValueError as exc:
-            raise ParamsError(f"sae.spacing_variants.{name}", text, f"the canonical prompt in another spacing ({exc})") from None
-        if (variant.shots, variant.query) != (canonical.shots, canonical.query):
-            raise ParamsError(f"sae.spacing_variants.{name}", text,
-                              f"the same sums as prompt.canonical ({prompt.canonical!r}), spaced differently")
     for i, text in enumerate(behaviour.neutral_contexts):
         if not text.strip() or "=" in text:
             raise ParamsError(f"behaviour.neutral_contexts[{i}]", text, "a non-empty text that asks for no sum")
+
+
+CHECKS = (_check_models, _check_prompts, _check_answers, _check_operands, _check_behaviour)
 
 
 def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
@@ -300,7 +374,8 @@ def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
         field, value, allowed = _describe(exc.errors()[0])
         raise ParamsError(field, value, allowed, source) from None
     try:
-        _check_consistency(params)
+        for check in CHECKS:
+            check(params)
     except ParamsError as exc:
         raise ParamsError(exc.field, exc.value, exc.allowed, source) from None
     return params
@@ -325,6 +400,17 @@ def exit_on_params_error() -> Iterator[None]:
     except ParamsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def parse_model_arg(prog: str, argv: list[str] | None = None) -> tuple[str, Params]:
+    """`--model <key>` of a stage's command line, with params.yaml checked (exit 2 if bad)."""
+    parser = argparse.ArgumentParser(prog=f"python -m analysis.{prog}", description=f"DVC stage {prog}@<model>")
+    parser.add_argument("--model", required=True, help="a model key from params.yaml (e.g. smollm2-135m)")
+    args = parser.parse_args(argv)
+    with exit_on_params_error():
+        params = load_params()
+        params.model(args.model)
+    return args.model, params
 
 
 def main() -> None:

@@ -26,8 +26,6 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "figure.dpi": 100,
-    "savefig.bbox": "tight",
-    "svg.hashsalt": "arith-mismatch",
 }
 
 
@@ -45,11 +43,6 @@ def styled(func):
             return func(*args, **kwargs)
 
     return wrapper
-
-
-def quote_token(token: str) -> str:
-    """A token as a readable label: quoted, with spaces and newlines visible."""
-    return "'" + token.replace("\n", "\\n") + "'"
 
 
 def ablation_bars(ax, labels: list[str], effects: list[dict]) -> None:

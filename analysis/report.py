@@ -10,33 +10,47 @@ import math
 
 
 def pct(p: float, digits: int = 1) -> str:
-    """0.8392 -> '83.9%'."""
-    return f"{100 * p:.{digits}f}%"
+    """0.8392 -> '83.9%'; a minus sign for negative changes, no negative zero."""
+    return num(100 * p, digits) + "%"
+
+
+MINUS = "\u2212"  # the typographic minus sign, not a hyphen
 
 
 def prob(p: float, sig: int = 2) -> str:
-    """A probability with `sig` significant digits; powers of ten below 0.001."""
+    """A probability with `sig` significant digits; powers of ten below 0.001. Near 1, the
+    distance to 1, so that 0.99996 does not print as a certain "1.0"."""
     if p == 0:
         return "0"
     if p >= 0.001:
         decimals = max(sig - 1 - math.floor(math.log10(abs(p))), 0)
-        return f"{p:.{decimals}f}"
+        text = f"{p:.{decimals}f}"
+        return f"1 {MINUS} {prob(1 - p, sig)}" if p < 1 and float(text) >= 1 else text
     mantissa, exponent = f"{p:.{sig - 1}e}".split("e")
     return f"{mantissa} × 10^{int(exponent)}^"
 
 
 def num(x: float, digits: int = 2) -> str:
-    return f"{x:.{digits}f}"
+    """A signed number with a minus sign; no negative zero ("-0.00" prints as "0.00")."""
+    text = f"{x:.{digits}f}"
+    if float(text) == 0:
+        text = text.lstrip("-")
+    return text.replace("-", MINUS)
 
 
 def ci(low: float, high: float, fmt=pct) -> str:
-    """A 95% interval: '[12.0%, 15.5%]'."""
+    """An interval: '[12.0%, 15.5%]'."""
     return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def quote_token(token: str) -> str:
+    """A token as a readable label: quoted, with newlines visible ("' 6'")."""
+    return "'" + token.replace("\n", "\\n") + "'"
 
 
 def tok(token: str) -> str:
     """A token as inline code with its quotes, so that spaces show: `' 6'`."""
-    text = "'" + token.replace("\n", "\\n") + "'"
+    text = quote_token(token)
     fence = "``" if "`" in text else "`"
     pad = " " if fence == "``" else ""
     return f"{fence}{pad}{text}{pad}{fence}"

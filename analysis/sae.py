@@ -1,9 +1,9 @@
 """SAE features (the study's Figures 3, 7 and 9, and the SAE half of Figure 5), measured.
 
 DVC stage `sae@<model>`. Reads params.yaml [seed, models.<model>, prompt, family, stats,
-sae], the SAEs of `sae_train@<model>` (data/<model>/sae_train/, metrics/sae_train.json)
-and, for Figure 7, metrics/heads.json; writes data/<model>/sae.safetensors,
-data/<model>/metrics/sae.json and data/<model>/figures/sae_*.svg.
+sae] and the SAEs of `sae_train@<model>` (data/<model>/sae_train/, metrics/sae_train.json);
+writes data/<model>/sae.safetensors and
+data/<model>/metrics/sae.json. The paper draws its figures from them.
 
 For each SAE, at the final position of the canonical prompt:
 - the latents' activations, and their attribution: activation x the gradient of the
@@ -33,11 +33,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analysis import heads as heads_stage
-from analysis import sae_train
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_figure, save_json, save_tensors
-from analysis.params import Params, SaeParams
-from analysis.plotting import COLORS, ablation_bars, quote_token, styled
+from analysis import saes
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.params import Params, SaeParams, hook_layer
+from analysis.plotting import COLORS, ablation_bars, styled
+from analysis.report import quote_token
 from analysis.prompts import PreparedPrompt, prepare_arithmetic, prepare_family, prepare_prompt
 from analysis.scoring import first_token_probs, score_answers
 from analysis.stage import run_stage
@@ -92,7 +92,7 @@ def final_latents(model, sae, hook: str, tokens: Int[Tensor, "pos"]) -> Float[Te
     def keep(x: Tensor, hook) -> None:  # a hook that returns None leaves the activation alone
         store["x"] = x[0, -1]
 
-    model.run_with_hooks(tokens[None].to(model.cfg.device), stop_at_layer=sae_train.hook_layer(hook) + 1,
+    model.run_with_hooks(tokens[None].to(model.cfg.device), stop_at_layer=hook_layer(hook) + 1,
                          fwd_hooks=[(hook, keep)])
     return sae.encode(store["x"][None])[0].cpu()
 
@@ -133,7 +133,7 @@ def ablated_probs(model, sae, hook: str, prepared: list[PreparedPrompt], answer_
         latents[..., feature] = value
         return latents
 
-    hooks = [(hook, sae_train.splice(sae, error=True, edit=edit, first_position=0))]
+    hooks = [(hook, saes.splice(sae, error=True, edit=edit, first_position=0))]
     return first_token_probs(model, prepared, answer_names, hooks)
 
 
@@ -180,7 +180,7 @@ class SaeResult(Schema):
     release: str | None
     sae_id: str | None
     neuronpedia: str | None
-    quality: sae_train.Quality
+    quality: saes.Quality
     metric: float  # the attribution metric on the canonical prompt, SAE spliced with error
     n_active: int
     n_active_control: int
@@ -204,91 +204,104 @@ class SaeMetrics(Schema):
 
 # --- stage -----------------------------------------------------------------------------
 
-def analyse_sae(model, params: Params, spec: SaeParams, sae, stats: dict[str, Tensor], quality,
+def describe_feature(model, params: Params, attr: Attribution, feature: int, effects: Tensor,
+                     control: Tensor, ids: tuple[int, int]) -> dict:
+    """What one latent is and does directly: activation, attribution, its logit effects."""
+    settings, decode = params.sae, model.tokenizer.decode
+    plus, minus = ids
+    activation = attr.activations[feature].item()
+    unit = {"correct": effects[minus].item(), "misconception": effects[plus].item()}
+    promoted, suppressed = effects.topk(settings.top_tokens), (-effects).topk(settings.top_tokens)
+    return dict(
+        id=feature, activation=activation, activation_rank=int((attr.activations > activation).sum()) + 1,
+        attribution=attr.attribution[feature].item(), gradient=attr.gradients[feature].item(),
+        control_activation=control[feature].item(),
+        unit_logit_effect=unit, logit_contribution={n: activation * v for n, v in unit.items()},
+        top_promoted=[TokenEffect(token=decode([i]), effect=v)
+                      for i, v in zip(promoted.indices.tolist(), promoted.values.tolist(), strict=True)],
+        top_suppressed=[TokenEffect(token=decode([i]), effect=-v)
+                        for i, v in zip(suppressed.indices.tolist(), suppressed.values.tolist(), strict=True)],
+    )
+
+
+def ablate_feature(model, params: Params, sae, hook: str, feature: int, value: float, prepared: PreparedPrompt,
+                   family: list[PreparedPrompt], base: tuple[Tensor, Tensor]) -> tuple[dict, Tensor]:
+    """One latent set to `value`: the change on the canonical prompt and, with intervals,
+    on the family. Returns (Feature fields, the family's per-prompt changes)."""
+    stats = params.stats
+    canonical = ablated_probs(model, sae, hook, [prepared], ("correct", "misconception"), feature, value)[0] - base[0]
+    delta = ablated_probs(model, sae, hook, family, ("correct", "copy"), feature, value) - base[1]
+    fields = dict(
+        ablation_canonical={"correct": canonical[0].item(), "misconception": canonical[1].item()},
+        ablation_family={name: estimate_mean(delta[:, col], stats.bootstrap_resamples, params.seed, stats.ci_level)
+                         for col, name in enumerate(("correct", "copy"))},
+    )
+    return fields, delta
+
+
+def spacing_results(model, params: Params, sae, hook: str, ids: list[int]) -> dict[str, SpacingResult]:
+    """The answers' probabilities and the features' activations on each spacing variant."""
+    spacing = {}
+    for name, text in params.prompt.spacing_variants.items():
+        _, variant = prepare_arithmetic(model, text, params.prompt.answers.model_dump())
+        scores = score_answers(model, [variant.tokens] * 2,
+                               [variant.answers[n].token_ids for n in ("correct", "misconception")])
+        latents = final_latents(model, sae, hook, variant.tokens)
+        spacing[name] = SpacingResult(prompt=variant.context, p_correct=scores.logprob[0].exp().item(),
+                                      p_misconception=scores.logprob[1].exp().item(),
+                                      activations={str(f): latents[f].item() for f in ids})
+    return spacing
+
+
+def analyse_sae(model, params: Params, spec: SaeParams, sae, mean_activation: Tensor, quality,
                 prepared: PreparedPrompt, control: PreparedPrompt, family: list[PreparedPrompt]
                 ) -> tuple[SaeResult, dict[str, Tensor]]:
     settings = params.sae
-    plus = prepared.answers["misconception"].first_token_id
-    minus = prepared.answers["correct"].first_token_id
+    plus, minus = (prepared.answers[n].first_token_id for n in ("misconception", "correct"))
     attr = compute_attribution(model, sae, spec.hook, prepared.tokens, plus, minus, settings.attribution_metric)
     control_latents = final_latents(model, sae, spec.hook, control.tokens)
-    k = settings.top_k
-    by_activation = attr.activations.topk(k).indices.tolist()
-    by_attribution = attr.attribution.abs().topk(k).indices.tolist()
+    by_activation = attr.activations.topk(settings.top_k).indices.tolist()
+    by_attribution = attr.attribution.abs().topk(settings.top_k).indices.tolist()
     ids = feature_order(by_activation, by_attribution, list(spec.report_features))
-
-    scale = final_norm_scale(model, prepared.tokens)
-    effects = direct_logit_effects(model, decoder_directions(sae, ids), scale)  # (feature, vocab)
-    base_canonical = ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), None)[0]
-    base_family = ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), None)
-    means = stats["mean_activation"]
-    decode = model.tokenizer.decode
-    features, family_deltas = {}, {}
+    effects = direct_logit_effects(model, decoder_directions(sae, ids), final_norm_scale(model, prepared.tokens))
+    base = (ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), None)[0],
+            ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), None))
+    features, family_deltas = {}, []
     for row, feature in enumerate(ids):
-        value = means[feature].item() if settings.ablation == "mean" else 0.0
-        canonical = ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), feature, value)[0]
-        delta = ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), feature, value) - base_family
-        family_deltas[feature] = delta
-        estimates = {name: estimate_mean(delta[:, col], params.stats.bootstrap_resamples, params.seed,
-                                         params.stats.ci_level)
-                     for col, name in enumerate(("correct", "copy"))}
-        unit = {"correct": effects[row, minus].item(), "misconception": effects[row, plus].item()}
-        activation = attr.activations[feature].item()
-        promoted = effects[row].topk(settings.top_tokens)
-        suppressed = (-effects[row]).topk(settings.top_tokens)
+        value = mean_activation[feature].item() if settings.ablation == "mean" else 0.0
+        ablation, delta = ablate_feature(model, params, sae, spec.hook, feature, value, prepared, family, base)
+        family_deltas.append(delta)
         features[str(feature)] = Feature(
-            id=feature, activation=activation, activation_rank=int((attr.activations > activation).sum()) + 1,
-            attribution=attr.attribution[feature].item(),
-            gradient=attr.gradients[feature].item(), control_activation=control_latents[feature].item(),
-            unit_logit_effect=unit, logit_contribution={n: activation * v for n, v in unit.items()},
-            top_promoted=[TokenEffect(token=decode([i]), effect=v) for i, v in
-                          zip(promoted.indices.tolist(), promoted.values.tolist(), strict=True)],
-            top_suppressed=[TokenEffect(token=decode([i]), effect=-v) for i, v in
-                            zip(suppressed.indices.tolist(), suppressed.values.tolist(), strict=True)],
-            ablation_canonical={"correct": (canonical - base_canonical)[0].item(),
-                                "misconception": (canonical - base_canonical)[1].item()},
-            ablation_family=estimates,
-            neuronpedia_url=f"https://www.neuronpedia.org/{spec.neuronpedia}/{feature}" if spec.neuronpedia else None,
-        )
-
-    spacing = {}
-    for name, text in settings.spacing_variants.items():
-        _, prepared_variant = prepare_arithmetic(model, text, params.prompt.answers.model_dump())
-        scores = score_answers(model, [prepared_variant.tokens] * 2,
-                               [prepared_variant.answers[n].token_ids for n in ("correct", "misconception")])
-        latents = final_latents(model, sae, spec.hook, prepared_variant.tokens)
-        spacing[name] = SpacingResult(prompt=prepared_variant.context, p_correct=scores.logprob[0].exp().item(),
-                                      p_misconception=scores.logprob[1].exp().item(),
-                                      activations={str(f): latents[f].item() for f in ids})
+            **describe_feature(model, params, attr, feature, effects[row], control_latents, (plus, minus)),
+            **ablation, neuronpedia_url=f"https://www.neuronpedia.org/{spec.neuronpedia}/{feature}" if spec.neuronpedia else None)
     result = SaeResult(
         source=spec.source, hook=spec.hook, d_sae=sae.cfg.d_sae, release=spec.release, sae_id=spec.sae_id,
         neuronpedia=spec.neuronpedia, quality=quality, metric=attr.metric,
         n_active=int((attr.activations > 0).sum()), n_active_control=int((control_latents > 0).sum()),
         top_by_activation=by_activation, top_by_attribution=by_attribution, reported=list(spec.report_features),
-        features=features, spacing=spacing,
+        features=features, spacing=spacing_results(model, params, sae, spec.hook, ids),
     )
     tensors = {"activations": attr.activations, "gradients": attr.gradients, "control_activations": control_latents,
                "feature_ids": torch.tensor(ids), "unit_logit_effects": effects,
-               "family_ablation_deltas": torch.stack([family_deltas[f] for f in ids])}
+               "family_ablation_deltas": torch.stack(family_deltas)}
     return result, tensors
 
 
 def run(model, params: Params, key: str, paths: StagePaths) -> SaeMetrics:
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # gradients are taken with respect to SAE latents only
-    spec_model = params.model(key)
     answers = params.prompt.answers.model_dump()
     prepared = prepare_prompt(model, params.prompt.canonical, answers)
     control = prepare_prompt(model, params.prompt.control, answers)
     _, family = prepare_family(model, params.family)
-    trained = sae_train.load_results(StagePaths(key, sae_train.STAGE, root=paths.root))
-    train_dir = sae_train.out_dir(paths)
+    trained_paths = StagePaths(key, saes.STAGE, root=paths.root)
+    trained = saes.load_results(trained_paths)
     results, tensors = {}, {}
-    for name, spec in spec_model.saes.items():
-        sae = sae_train.load_sae(key, name, spec, train_dir, device=model.cfg.device)
-        stats = load_tensors(train_dir / name / "stats.safetensors", {"mean_activation": (spec.d_sae,)})
-        results[name], sae_tensors = analyse_sae(model, params, spec, sae, stats, trained.saes[name].quality,
-                                                 prepared, control, family)
+    for name, spec in params.model(key).saes.items():
+        sae = saes.load_sae(key, name, spec, trained_paths.dir, device=model.cfg.device)
+        stats = load_tensors(trained_paths.dir / name / "stats.safetensors", {"mean_activation": (spec.d_sae,)})
+        results[name], sae_tensors = analyse_sae(model, params, spec, sae, stats["mean_activation"],
+                                                 trained.saes[name].quality, prepared, control, family)
         tensors.update({f"{name}/{k}": v for k, v in sae_tensors.items()})
     metrics = SaeMetrics(
         model=key, prompt=prepared.context, control_prompt=control.context,
@@ -298,12 +311,6 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeMetrics:
     )
     save_tensors(paths.tensors, tensors)
     save_json(paths.metrics, metrics)
-    head_metrics = load_json(StagePaths(key, heads_stage.STAGE, root=paths.root).metrics, heads_stage.HeadsMetrics)
-    save_figure(paths.figure("sae_features"), plot_top_features(metrics))
-    save_figure(paths.figure("sae_control"), plot_control_features(metrics))
-    save_figure(paths.figure("sae_logits"), plot_logit_contributions(metrics))
-    save_figure(paths.figure("sae_ablation"), plot_ablation(metrics))
-    save_figure(paths.figure("sae_spacing"), plot_spacing(metrics, head_metrics))
     return metrics
 
 
@@ -406,19 +413,20 @@ def plot_ablation(metrics: SaeMetrics):
 
 
 @styled
-def plot_spacing(metrics: SaeMetrics, head_metrics: heads_stage.HeadsMetrics):
-    """Figure 7: attention (top) and feature activations (bottom) across spacing variants."""
+def plot_spacing(metrics: SaeMetrics, head_attention: dict[str, list[float]], heads: list[list[int]]):
+    """Figure 7: attention (top) and feature activations (bottom) across spacing variants.
+    head_attention[variant][i] is the attention of heads[i] ([layer, head]) to the previous answer."""
     from matplotlib.figure import Figure
 
-    variants = list(head_metrics.spacing)
+    variants = list(head_attention)
     names = list(metrics.saes)
     fig = Figure(figsize=(6.8, 2.2 * (1 + len(names))), layout="constrained")
     axes = fig.subplots(1 + len(names), 1, squeeze=False)[:, 0]
     width = 0.8 / len(variants)
-    heads = [f"L{l}H{h}" for l, h in head_metrics.figure_heads]
+    heads = [f"L{l}H{h}" for l, h in heads]
     for j, variant in enumerate(variants):
         axes[0].bar([i + (j - (len(variants) - 1) / 2) * width for i in range(len(heads))],
-                    head_metrics.spacing[variant].to_previous_answer, width, label=variant)
+                    head_attention[variant], width, label=variant)
     axes[0].set_xticks(range(len(heads)), heads)
     axes[0].set_ylabel("attention to the\nprevious answer")
     axes[0].set_title("attention from the final position")

@@ -2,7 +2,7 @@
 and measure their quality on the same corpus.
 
 DVC stage `sae_train@<model>`. Reads params.yaml [seed, models.<model>, family,
-sae_training]; writes data/<model>/sae_train/<sae>/ (a trained SAE in sae_lens' format:
+sae_train]; writes data/<model>/sae_train/<sae>/ (a trained SAE in sae_lens' format:
 cfg.json and sae_weights.safetensors; for a pretrained one, source.json naming what was
 loaded) with stats.safetensors (each latent's mean activation and firing rate on the
 held-out corpus), and data/<model>/metrics/sae_train.json.
@@ -24,33 +24,22 @@ the prompt family with and without the SAE.
 from __future__ import annotations
 
 import platform
-import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, atomic_write_dir, load_json, save_json, save_tensors, to_json_bytes
-from analysis.corpus import build_corpus
-from analysis.models import hub_error, require_hub
-from analysis.params import Params, SaeParams
+from analysis.artifacts import StagePaths, atomic_write_dir, save_json, save_tensors, to_json_bytes
+from analysis.corpus import Corpus, build_corpus
+from analysis.params import Params, SaeParams, hook_layer
 from analysis.prompts import PreparedPrompt, prepare_family, run_by_length
+from analysis.saes import STAGE, CorpusRecord, Quality, SaeRecord, SaeTrainMetrics, load_sae, splice
 from analysis.scoring import final_logits
 from analysis.stage import run_stage
-
-STAGE = "sae_train"
-
-
-def hook_layer(hook: str) -> int:
-    match = re.match(r"blocks\.(\d+)\.", hook)
-    if not match:
-        raise ValueError(f"{hook!r} is not a block hook such as 'blocks.9.hook_resid_pre'")
-    return int(match.group(1))
-
 
 @torch.no_grad()
 def collect_activations(model, windows: Int[Tensor, "window pos"], hook: str,
@@ -101,53 +90,7 @@ def train_topk_sae(activations: Float[Tensor, "token d_in"], d_sae: int, k: int,
         return SAE.load_from_disk(tmp, device=device)
 
 
-def load_sae(key: str, name: str, spec: SaeParams, train_dir: Path, device: str = "cpu"):
-    """The SAE named in params: from this stage's output (trained) or from the hub."""
-    from sae_lens import SAE
-
-    if spec.source == "trained":
-        return SAE.load_from_disk(train_dir / name, device=device)
-    require_hub(key, f"the SAE {spec.release}/{spec.sae_id}")
-    try:
-        return SAE.from_pretrained(spec.release, spec.sae_id, device=device)
-    except OSError as exc:
-        raise hub_error(key, f"the SAE {spec.release}/{spec.sae_id}", str(exc).splitlines()[0]) from exc
-
-
-def splice(sae, error: bool = True, edit: Callable[[Tensor], Tensor] | None = None,
-           first_position: int = 1) -> Callable:
-    """A hook that routes the activation through the SAE from `first_position` on.
-
-    With `error`, the SAE's error term is added back: x -> decode(edit(encode(x))) +
-    (x - decode(encode(x))), which is x itself when `edit` is None; an edit then changes
-    the activation by exactly the change in the decoded latents.
-    """
-    def hook(x: Tensor, hook) -> Tensor:
-        part = x[:, first_position:]
-        latents = sae.encode(part)
-        clean = sae.decode(latents)
-        new = sae.decode(edit(latents) if edit else latents)
-        out = new + (part - clean) if error else new
-        return torch.cat([x[:, :first_position], out], dim=1)
-
-    return hook
-
-
 # --- quality ---------------------------------------------------------------------------
-
-class Quality(Schema):
-    explained_variance: float
-    l0: float
-    dead_fraction: float  # latents that never fire on the held-out tokens
-    ce_loss_clean: float
-    ce_loss_spliced: float
-    ce_loss_zero_ablated: float
-    ce_loss_recovered: float  # (zero - spliced) / (zero - clean)
-    answer_accuracy_clean: float  # first-token accuracy on the prompt family
-    answer_accuracy_spliced: float
-    n_heldout_tokens: int
-    n_family_prompts: int
-
 
 @torch.no_grad()
 def _next_token_loss(model, windows: Tensor, hooks: list) -> float:
@@ -197,62 +140,42 @@ def evaluate_sae(model, sae, hook: str, heldout: Tensor, params: Params) -> tupl
 
 # --- results ---------------------------------------------------------------------------
 
-class SaeRecord(Schema):
-    source: str
-    hook: str
-    d_in: int
-    d_sae: int
-    architecture: str
-    release: str | None
-    sae_id: str | None
-    neuronpedia: str | None
-    training: dict[str, float | int | str] | None
-    quality: Quality
+def train_or_load(model, key: str, name: str, spec: SaeParams, params: Params, corpus: Corpus, folder: Path):
+    """One SAE: trained on the corpus and saved to `folder`, or loaded from the hub (and
+    named in folder/source.json). Returns (sae, training settings or None)."""
+    settings = params.sae_train
+    if spec.source == "pretrained":
+        sae = load_sae(key, name, spec, folder.parent, device=model.cfg.device)
+        (folder / "source.json").write_bytes(to_json_bytes({"release": spec.release, "sae_id": spec.sae_id}))
+        return sae, None
+    acts = collect_activations(model, corpus.train, spec.hook)
+    sae = train_topk_sae(acts, spec.d_sae, settings.k, settings.lr, settings.batch_size,
+                         settings.epochs, settings.seed, device=model.cfg.device)
+    sae.save_model(folder)
+    return sae, {"architecture": "topk", "k": settings.k, "lr": settings.lr,
+                 "batch_size": settings.batch_size, "epochs": settings.epochs, "seed": settings.seed}
 
 
-class CorpusRecord(Schema):
-    prose_source: str
-    prose_sha256: str
-    python_version: str
-    context_size: int
-    n_train_windows: int
-    n_heldout_windows: int
-    n_prose_train_windows: int
-    n_arithmetic_train_windows: int
-
-
-class SaeTrainMetrics(Schema):
-    model: str
-    corpus: CorpusRecord
-    saes: dict[str, SaeRecord]
-
-
-def out_dir(paths: StagePaths) -> Path:
-    return paths.model_dir / STAGE
+def corpus_record(corpus: Corpus, params: Params) -> CorpusRecord:
+    return CorpusRecord(
+        prose_source=f"pydoc_data.topics of CPython {platform.python_version()}",
+        prose_sha256=corpus.prose_sha256, python_version=platform.python_version(),
+        context_size=params.sae_train.corpus.context_size, n_train_windows=len(corpus.train),
+        n_heldout_windows=len(corpus.heldout), n_prose_train_windows=int((corpus.source == 0).sum()),
+        n_arithmetic_train_windows=int((corpus.source == 1).sum()),
+    )
 
 
 def run(model, params: Params, key: str, paths: StagePaths) -> SaeTrainMetrics:
-    spec_model, settings = params.model(key), params.sae_training
-    corpus = build_corpus(model, settings.corpus.context_size, settings.corpus.prose_windows,
-                          settings.corpus.arithmetic_windows, settings.corpus.heldout_fraction,
-                          params.family.max_operand, settings.corpus.seed)
+    c = params.sae_train.corpus
+    corpus = build_corpus(model, c.context_size, c.prose_windows, c.arithmetic_windows, c.heldout_fraction,
+                          params.family.max_operand, c.seed)
     records = {}
     with tempfile.TemporaryDirectory() as staging:
-        for name, spec in spec_model.saes.items():
+        for name, spec in params.model(key).saes.items():
             folder = Path(staging) / name
             folder.mkdir()
-            training = None
-            if spec.source == "trained":
-                acts = collect_activations(model, corpus.train, spec.hook)
-                sae = train_topk_sae(acts, spec.d_sae, settings.k, settings.lr, settings.batch_size,
-                                     settings.epochs, settings.seed, device=model.cfg.device)
-                del acts
-                sae.save_model(folder)
-                training = {"architecture": "topk", "k": settings.k, "lr": settings.lr,
-                            "batch_size": settings.batch_size, "epochs": settings.epochs, "seed": settings.seed}
-            else:
-                sae = load_sae(key, name, spec, Path(staging), device=model.cfg.device)
-                (folder / "source.json").write_bytes(to_json_bytes({"release": spec.release, "sae_id": spec.sae_id}))
+            sae, training = train_or_load(model, key, name, spec, params, corpus, folder)
             if (sae.cfg.d_in, sae.cfg.d_sae) != (spec.d_in, spec.d_sae):
                 raise ValueError(f"SAE {name}: loaded d_in={sae.cfg.d_in}, d_sae={sae.cfg.d_sae}; params.yaml "
                                  f"models.{key}.saes.{name} declares d_in={spec.d_in}, d_sae={spec.d_sae}")
@@ -263,24 +186,10 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeTrainMetrics:
                 architecture=sae.cfg.architecture(), release=spec.release, sae_id=spec.sae_id,
                 neuronpedia=spec.neuronpedia, training=training, quality=quality,
             )
-        atomic_write_dir(out_dir(paths), lambda tmp: [shutil.copytree(Path(staging) / n, tmp / n) for n in records])
-    metrics = SaeTrainMetrics(
-        model=key,
-        corpus=CorpusRecord(
-            prose_source=f"pydoc_data.topics of CPython {platform.python_version()}",
-            prose_sha256=corpus.prose_sha256, python_version=platform.python_version(),
-            context_size=settings.corpus.context_size, n_train_windows=len(corpus.train),
-            n_heldout_windows=len(corpus.heldout), n_prose_train_windows=int((corpus.source == 0).sum()),
-            n_arithmetic_train_windows=int((corpus.source == 1).sum()),
-        ),
-        saes=records,
-    )
+        atomic_write_dir(paths.dir, lambda tmp: [shutil.copytree(Path(staging) / n, tmp / n) for n in records])
+    metrics = SaeTrainMetrics(model=key, corpus=corpus_record(corpus, params), saes=records)
     save_json(paths.metrics, metrics)
     return metrics
-
-
-def load_results(paths: StagePaths) -> SaeTrainMetrics:
-    return load_json(paths.metrics, SaeTrainMetrics)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -105,7 +105,7 @@ def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, m
     return (AnswerScores(token_lp, boundary_lp) if answers else None), texts
 
 
-def score_answers(model, contexts: list[Int[Tensor, "pos"]], answers: list[tuple[int, ...]],
+def score_answers(model, contexts: list[Int[Tensor, "_pos"]], answers: list[tuple[int, ...]],
                   batch_size: int = 64, continuing: Tensor | None = None) -> AnswerScores:
     """Teacher-forced log-probability of each answer after its context (see module doc)."""
     continuing = continues_number(model) if continuing is None else continuing
@@ -113,14 +113,14 @@ def score_answers(model, contexts: list[Int[Tensor, "pos"]], answers: list[tuple
     return scores
 
 
-def greedy_answers(model, contexts: list[Int[Tensor, "pos"]], max_tokens: int = 3,
+def greedy_answers(model, contexts: list[Int[Tensor, "_pos"]], max_tokens: int = 3,
                    batch_size: int = 64) -> tuple[list[int | None], list[str]]:
     """The model's answer to each context: greedy tokens read as a number (None if none)."""
     _, texts = _run(model, contexts, None, max_tokens, batch_size, torch.zeros(0, dtype=torch.bool))
     return [read_number(t) for t in texts], texts
 
 
-def score_and_read(model, contexts: list[Int[Tensor, "pos"]], answers: list[tuple[int, ...]], max_tokens: int,
+def score_and_read(model, contexts: list[Int[Tensor, "_pos"]], answers: list[tuple[int, ...]], max_tokens: int,
                    batch_size: int = 64, continuing: Tensor | None = None
                    ) -> tuple[AnswerScores, list[int | None], list[str]]:
     """Both of the above from one pass over each context."""

@@ -1,4 +1,9 @@
-"""Shared fixtures: seeding for every test, and the bundled model loaded once per session."""
+"""Shared fixtures: seeding for every test, and the bundled model loaded once per session.
+
+Every jaxtyping annotation in `analysis` is checked at run time in the tests (beartype
+through jaxtyping's import hook, installed before any analysis module is imported): a
+tensor of the wrong shape or dtype fails the test that passes it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from jaxtyping import install_import_hook
+
+install_import_hook("analysis", "beartype.beartype")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # `import helpers`

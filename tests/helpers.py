@@ -14,7 +14,7 @@ import yaml
 from analysis.params import Params, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
-GPT2_TOKENIZER_DIR = REPO.parent / "shared" / "gpt2-tokenizer"
+GPT2_TOKENIZER_DIR = REPO / "tests" / "data" / "gpt2-tokenizer"  # MIT-licensed test data
 CHARS = list("0123456789 +=.,abcdefghijklmnopqrstuvwxyz:\n")
 
 
@@ -22,16 +22,27 @@ def base_params_dict() -> dict[str, Any]:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-def make_params(**overrides: Any) -> Params:
-    """params.yaml with dotted-path overrides: make_params(**{"logit_lens.top_k": 3})."""
-    raw = copy.deepcopy(base_params_dict())
+DELETE = object()  # an override value that removes the field
+
+
+def overridden(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a params mapping with dotted-path overrides: {"logit_lens.top_k": 3}."""
+    raw = copy.deepcopy(raw)
     for dotted, value in overrides.items():
-        node = raw
         *parents, last = dotted.split(".")
+        node = raw
         for part in parents:
             node = node[part]
-        node[last] = value
-    return validate_params(raw)
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+    return raw
+
+
+def make_params(**overrides: Any) -> Params:
+    """params.yaml with dotted-path overrides: make_params(**{"logit_lens.top_k": 3})."""
+    return validate_params(overridden(base_params_dict(), overrides))
 
 
 def char_tokenizer(bos: bool = True):
@@ -69,10 +80,7 @@ def tiny_model(tokenizer=None, n_layers: int = 2, d_model: int = 32, n_heads: in
 
 
 def gpt2_tokenizer():
-    """GPT-2's real tokenizer from ../shared (tests only); skip where it is absent."""
-    if not (GPT2_TOKENIZER_DIR / "vocab.json").is_file():
-        pytest.skip(f"GPT-2 tokenizer files not found at {GPT2_TOKENIZER_DIR} (they live beside the project, "
-                    "not in it; a user's clone has no ../shared)")
+    """GPT-2's real tokenizer, from the test data in this repository."""
     from tokenizers import ByteLevelBPETokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

@@ -90,8 +90,8 @@ def test_behaviour_stage_on_the_real_model(smollm2, tmp_path):
     assert 0 < sum(prior) < 1  # probabilities of 11 exact numbers, not a distribution over them
 
 
-SMALL_SAE = {"sae_training.corpus.prose_windows": 24, "sae_training.corpus.arithmetic_windows": 16,
-             "sae_training.epochs": 2, "sae_training.batch_size": 128, "sae_training.k": 16,
+SMALL_SAE = {"sae_train.corpus.prose_windows": 24, "sae_train.corpus.arithmetic_windows": 16,
+             "sae_train.epochs": 2, "sae_train.batch_size": 128, "sae_train.k": 16,
              "models.smollm2-135m.saes.res-l22.d_sae": 256, "family.n_prompts": 8,
              "stats.bootstrap_resamples": 200, "heads.induction.n_sequences": 4, "sae.top_k": 3}
 
@@ -99,7 +99,7 @@ SMALL_SAE = {"sae_training.corpus.prose_windows": 24, "sae_training.corpus.arith
 def test_sae_stages_on_the_real_model(smollm2, tmp_path):
     from helpers import make_params
 
-    from analysis import heads, sae, sae_train
+    from analysis import sae, sae_train
 
     params = make_params(**SMALL_SAE)
     trained = sae_train.run(smollm2, params, "smollm2-135m", StagePaths("smollm2-135m", "sae_train", root=tmp_path))
@@ -108,7 +108,6 @@ def test_sae_stages_on_the_real_model(smollm2, tmp_path):
     assert record.quality.l0 <= 16 + 1e-6
     assert record.quality.explained_variance > 0.05  # a few dozen steps: better than the mean, not good
     assert (tmp_path / "smollm2-135m" / "sae_train" / "res-l22" / "cfg.json").is_file()
-    heads.run(smollm2, params, "smollm2-135m", StagePaths("smollm2-135m", "heads", root=tmp_path))
     for p in smollm2.parameters():
         p.requires_grad_(True)  # the stage turns them off; show that it does not need them on
     metrics = sae.run(smollm2, params, "smollm2-135m", StagePaths("smollm2-135m", "sae", root=tmp_path))
@@ -116,8 +115,14 @@ def test_sae_stages_on_the_real_model(smollm2, tmp_path):
     assert metrics.answers == {"correct": "1", "misconception": "6"}
     assert result.n_active <= 16 and len(result.top_by_attribution) == 3
     # the attribution metric is the model's own logit difference (the SAE's error term keeps it exact)
-    lens_metric = heads.load_results(StagePaths("smollm2-135m", "heads", root=tmp_path))[0].dla_total
-    assert result.metric == pytest.approx(lens_metric, abs=1e-3)
+    from analysis.heads import compute_head_dla
+    from analysis.prompts import prepare_prompt
+
+    prepared = prepare_prompt(smollm2, params.prompt.canonical, params.prompt.answers.model_dump())
+    dla = compute_head_dla(smollm2, prepared.tokens[None],
+                           torch.tensor([prepared.answers["misconception"].first_token_id]),
+                           torch.tensor([prepared.answers["correct"].first_token_id]))
+    assert result.metric == pytest.approx(dla.total[0].item(), abs=1e-3)
     assert set(result.spacing) == {"spaced", "unspaced"}
     top = result.features[str(result.top_by_attribution[0])]
     assert top.neuronpedia_url is None and top.ablation_family["correct"].n == 8
@@ -126,7 +131,7 @@ def test_sae_stages_on_the_real_model(smollm2, tmp_path):
 def test_spliced_trained_sae_leaves_smollm2_unchanged(smollm2, params):
     from helpers import random_sae
 
-    from analysis import sae_train
+    from analysis import saes
     from analysis.prompts import prepare_prompt
 
     prepared = prepare_prompt(smollm2, params.prompt.canonical, params.prompt.answers.model_dump())
@@ -135,5 +140,5 @@ def test_spliced_trained_sae_leaves_smollm2_unchanged(smollm2, params):
     with torch.no_grad():
         clean = smollm2(prepared.tokens[None])
         through = smollm2.run_with_hooks(prepared.tokens[None],
-                                         fwd_hooks=[(hook, sae_train.splice(spliced, first_position=0))])
+                                         fwd_hooks=[(hook, saes.splice(spliced, first_position=0))])
     assert (through - clean).abs().max().item() <= 1e-4

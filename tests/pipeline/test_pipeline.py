@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, overridden
+
+from analysis.params import stages
 
 pytestmark = pytest.mark.pipeline
 
@@ -28,12 +30,12 @@ SMALL: dict[str, object] = {
     "heads.induction.n_sequences": 8,
     "behaviour.n_contexts": 2,
     "behaviour.max_operand": 6,
-    "sae_training.corpus.prose_windows": 40,
-    "sae_training.corpus.arithmetic_windows": 30,
-    "sae_training.epochs": 1,
+    "sae_train.corpus.prose_windows": 40,
+    "sae_train.corpus.arithmetic_windows": 30,
+    "sae_train.epochs": 1,
     "models.smollm2-135m.saes.res-l22.d_sae": 512,
 }
-STAGES = ["logit_lens", "heads", "behaviour", "sae_train", "sae", "paper"]
+STAGES = [*stages(), "paper"]
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -75,7 +77,14 @@ def copy_working_tree(dst: Path) -> None:
 
 def git_commit(repo: Path, message: str) -> None:
     run(["git", "add", "-A"], repo)
-    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "-qm", message], repo)
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "commit", "--allow-empty", "-qm",
+         message], repo)
+
+
+def publish(repo: Path) -> None:
+    """What an author does after a run: commit dvc.lock, push the results."""
+    git_commit(repo, "pipeline results")
+    run(["dvc", "push"], repo)
 
 
 @pytest.fixture(scope="module")
@@ -85,13 +94,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     repo.mkdir()
     copy_working_tree(repo)
     if SMALL:
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        for dotted, value in SMALL.items():
-            node = params
-            *parents, last = dotted.split(".")
-            for part in parents:
-                node = node[part]
-            node[last] = value
+        params = overridden(yaml.safe_load((repo / "params.yaml").read_text()), SMALL)
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # the outputs of the copied lock file belong to the full params; start cold
     for path in outputs(repo):
@@ -100,13 +103,13 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     run(["git", "init", "-q", "-b", "main"], repo)
     git_commit(repo, "copy of the working tree")
     run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], repo)
-    return {"root": root, "repo": repo, "remote": remote}
+    built = run(["dvc", "repro", f"paper@{MODEL}"], repo)  # here, so that any test can run alone
+    return {"root": root, "repo": repo, "remote": remote, "repro": built}
 
 
 def test_repro_builds_the_paper_and_every_output(workspace):
     repo = workspace["repo"]
-    result = run(["dvc", "repro", f"paper@{MODEL}"], repo)
-    assert f"Running stage 'paper@{MODEL}'" in result.stdout
+    assert f"Running stage 'paper@{MODEL}'" in workspace["repro"].stdout
     for path in outputs(repo):
         assert contents(repo / path), path
     assert (repo / f"paper/_build/{MODEL}/index.pdf").read_bytes().startswith(b"%PDF")
@@ -132,8 +135,7 @@ def test_forced_reruns_of_every_stage_are_byte_identical(workspace):
 
 def test_push_clone_pull_restores_everything_and_the_paper_builds_without_a_model(workspace):
     repo, root, remote = workspace["repo"], workspace["root"], workspace["remote"]
-    git_commit(repo, "pipeline results")
-    run(["dvc", "push"], repo)
+    publish(repo)
     clone = root / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], root)
     run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone)
@@ -221,6 +223,7 @@ def test_a_damaged_result_is_detected_refused_and_restored(workspace):
 
 def test_pull_says_which_remote_or_which_results_are_missing(workspace):
     repo, root = workspace["repo"], workspace["root"]
+    publish(repo)
     fresh = root / "fresh-clone"
     run(["git", "clone", "-q", str(repo), str(fresh)], root)
     pull = [sys.executable, "-m", "analysis.pull", "--model", MODEL]

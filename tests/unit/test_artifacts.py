@@ -86,10 +86,22 @@ def test_the_same_figure_gives_the_same_bytes(tmp_path):
         fig.axes[0].legend()
         return fig
 
-    artifacts.save_figure(tmp_path / "a.svg", draw())
-    artifacts.save_figure(tmp_path / "b.svg", draw())
-    a, b = (tmp_path / "a.svg").read_bytes(), (tmp_path / "b.svg").read_bytes()
+    a, b = artifacts.figure_svg(draw()), artifacts.figure_svg(draw())
     assert a == b and b"<dc:date>" not in a
+
+
+def test_reads_are_recorded_so_undeclared_dependencies_can_be_found(tmp_path):
+    from analysis.pipeline import undeclared_reads
+
+    save_json(tmp_path / "data" / "m" / "metrics" / "a.json", {"name": "a", "values": [1.0]})
+    load_json(tmp_path / "data" / "m" / "metrics" / "a.json", Small)
+    read = artifacts.reads()
+    assert (tmp_path / "data" / "m" / "metrics" / "a.json").resolve() in read
+    declared = ["data/m/metrics/b.json"]
+    assert undeclared_reads(read, declared, own=[], root=tmp_path) == (["data/m/metrics/a.json"],
+                                                                       ["data/m/metrics/b.json"])
+    assert undeclared_reads(read, ["data/m/metrics"], own=[], root=tmp_path) == ([], [])
+    assert undeclared_reads(read, [], own=["data/m/metrics/a.json"], root=tmp_path) == ([], [])
 
 
 def test_a_write_removes_what_a_killed_writer_left(tmp_path):

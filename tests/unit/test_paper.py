@@ -1,11 +1,16 @@
 """The Quarto-subset builder: parsing, cross-references, inline values, rendering."""
 
+import os
 import shutil
 
 import pytest
+from helpers import REPO
 
 from analysis import paper
+from analysis.artifacts import save_json
+from analysis.models import FORBID_ENV
 from analysis.paper import Code, Markdown, PaperError, parse_qmd
+from analysis.pipeline import paper_reads
 
 DOC = '''---
 title: "A test document"
@@ -79,8 +84,23 @@ def test_email_addresses_are_not_references():
 def executed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("paper")
     doc = parse_qmd(DOC)
-    inline = paper.execute(doc, "injected-model", folder)
+    inline, _ = paper.execute(doc, "injected-model", folder)
     return doc, inline
+
+
+def test_the_kernel_cannot_load_a_model_and_the_caller_is_left_as_it_was(tmp_path, monkeypatch):
+    monkeypatch.delenv(FORBID_ENV, raising=False)
+    before = dict(os.environ)
+    data = tmp_path / "data" / "m" / "metrics"
+    save_json(data / "x.json", {"name": "x", "values": [1.0]})
+    source = ("```{python}\nimport os\nfrom analysis.artifacts import Schema, load_json\n"
+              "class X(Schema):\n    name: str\n    values: list[float]\n"
+              f"load_json({str(data / 'x.json')!r}, X)\n```\n\n"
+              f"Forbidden: `{{python}} os.environ.get({FORBID_ENV!r})`.\n")
+    inline, read = paper.execute(parse_qmd(source), "m", tmp_path)
+    assert inline == [["1"]]
+    assert read == [str((data / "x.json").resolve())]
+    assert dict(os.environ) == before
 
 
 def test_parameters_are_injected_and_inline_values_rendered(executed, tmp_path):
@@ -129,6 +149,16 @@ def test_a_failing_cell_names_its_line(tmp_path):
     doc = parse_qmd("Text.\n\n```{python}\nraise ValueError('bad results file')\n```\n")
     with pytest.raises(PaperError, match=r"index.qmd:3: ValueError: bad results file"):
         paper.execute(doc, "m", tmp_path)
+    assert FORBID_ENV not in os.environ
+
+
+def test_the_manuscript_must_read_exactly_what_dvc_yaml_lists(tmp_path):
+    declared = [REPO / p for p in paper_reads("smollm2-135m")]
+    paper.check_reads("smollm2-135m", [str(p) for p in declared], REPO)
+    with pytest.raises(PaperError, match="never read .*sae.json"):
+        paper.check_reads("smollm2-135m", [str(p) for p in declared if not p.name == "sae.json"], REPO)
+    with pytest.raises(PaperError, match="read .*other.json"):
+        paper.check_reads("smollm2-135m", [*map(str, declared), str(REPO / "data/smollm2-135m/other.json")], REPO)
 
 
 @pytest.mark.skipif(shutil.which("quarto") is None, reason="Quarto is not installed here")

@@ -1,32 +1,18 @@
 """params.yaml validation: every bad value gets one message naming the field, the value and
 what is allowed, before any model loads; a stage given bad params writes nothing."""
 
-import copy
 import os
 import subprocess
 import sys
 
 import pytest
 import yaml
-from helpers import REPO, base_params_dict
+from helpers import DELETE, REPO, base_params_dict, overridden
 
 from analysis.params import ParamsError, load_params, validate_params
 
-DELETE = object()
-
-
 def mutated(changes: dict) -> dict:
-    raw = copy.deepcopy(base_params_dict())
-    for dotted, value in changes.items():
-        node = raw
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node[part]
-        if value is DELETE:
-            del node[last]
-        else:
-            node[last] = value
-    return raw
+    return overridden(base_params_dict(), changes)
 
 
 CASES = [
@@ -63,9 +49,9 @@ CASES = [
     ("missing section", {"heads": DELETE}, "heads", "required"),
     ("reported feature beyond the SAE", {"models.gpt2-small.saes.res-l9.report_features": [30000]},
      "models.gpt2-small.saes.res-l9.report_features", "0..24575"),
-    ("TopK k as wide as the SAE", {"sae_training.k": 4096}, "sae_training.k", "fewer than"),
-    ("spacing variant of other sums", {"sae.spacing_variants.unspaced": "1+1=2. 2+2=4. 6+6="},
-     "sae.spacing_variants.unspaced", "the same sums"),
+    ("TopK k as wide as the SAE", {"sae_train.k": 4096}, "sae_train.k", "fewer than"),
+    ("spacing variant of other sums", {"prompt.spacing_variants.unspaced": "1+1=2. 2+2=4. 6+6="},
+     "prompt.spacing_variants.unspaced", "the same sums"),
     ("interval level above 1", {"stats.ci_level": 1.5}, "stats.ci_level", "less than 1"),
     ("answer reading too short", {"behaviour.max_answer_tokens": 1}, "behaviour.max_answer_tokens", "at least 3"),
     ("neutral context asking for a sum", {"behaviour.neutral_contexts": ["2 + 2 ="]},

@@ -1,51 +1,62 @@
-"""The project's wiring: DVC stages list what they import; dependencies are pinned."""
+"""The project's wiring: dvc.yaml is derived from the stage specs and the imports; no stage
+imports another; functions stay short; params load without torch; dependencies are pinned."""
 
 import ast
 import importlib.metadata
 import re
+import subprocess
+import sys
 import tomllib
 
+import pytest
 import yaml
 from helpers import REPO
 
-
-def _analysis_imports(module: str, seen: set[str] | None = None) -> set[str]:
-    """Every analysis module that `module` imports, transitively (by reading the source)."""
-    seen = seen if seen is not None else set()
-    if module in seen:
-        return seen
-    seen.add(module)
-    tree = ast.parse((REPO / "analysis" / f"{module}.py").read_text())
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "analysis" and len(parts) > 1 and (REPO / "analysis" / f"{parts[1]}.py").exists():
-                _analysis_imports(parts[1], seen)
-    return seen
+from analysis import pipeline
+from analysis.params import StageSpec, stages
 
 
 def _stages():
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def test_every_stage_depends_on_every_module_it_imports():
+def test_dvc_yaml_is_the_one_derived_from_the_stage_specs():
+    result = subprocess.run([sys.executable, "-m", "analysis.pipeline", "--check"], cwd=REPO,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (REPO / "dvc.yaml").read_text() == pipeline.render()
+
+
+def test_every_stage_depends_on_exactly_the_modules_it_imports_and_the_data_it_declares():
+    specs = stages()
+    assert set(_stages()) == {*specs, "paper"}
     for name, stage in _stages().items():
         do = stage["do"]
         module = re.search(r"python -m analysis\.(\w+)", do["cmd"]).group(1)
-        needed = {f"analysis/{m}.py" for m in _analysis_imports(module)} | {"analysis/__init__.py"}
-        if module == "paper":  # the manuscript's cells import analysis modules too
-            qmd = (REPO / "paper" / "index.qmd").read_text()
-            for used in re.findall(r"from analysis(?:\.(\w+))? import ([\w, ]+)", qmd):
-                mods = [used[0]] if used[0] else [m.strip() for m in used[1].split(",")]
-                for m in mods:
-                    needed |= {f"analysis/{x}.py" for x in _analysis_imports(m)}
-        missing = needed - set(do["deps"])
-        assert not missing, f"stage {name} imports {sorted(missing)} but does not list them as deps"
+        modules = pipeline.paper_imports() if name == "paper" else pipeline.analysis_imports(module)
+        data = pipeline.paper_reads("${key}") if name == "paper" else \
+            pipeline.declared_reads(name, specs[name], "${key}")
+        files = list(pipeline.PAPER_FILES) if name == "paper" else []
+        expected = {"analysis/__init__.py", *(f"analysis/{m}.py" for m in modules), *data, *files}
+        assert set(do["deps"]) == expected, f"stage {name}: extra {set(do['deps']) - expected}, " \
+                                            f"missing {expected - set(do['deps'])}"
+
+
+def test_the_import_graph_is_read_from_the_source():
+    assert {"sae", "saes", "params", "arithmetic", "artifacts"} <= pipeline.analysis_imports("sae")
+    assert "heads" in pipeline.paper_imports() and "paper" in pipeline.paper_imports()
+
+
+def test_no_stage_imports_another_stages_module():
+    specs = set(stages())
+    for name in specs:
+        others = pipeline.analysis_imports(name) & (specs - {name})
+        assert not others, f"stage {name} imports the stage module(s) {sorted(others)}"
+
+
+def test_a_stage_that_reads_an_output_no_stage_writes_is_refused():
+    with pytest.raises(ValueError, match="no other stage writes"):
+        pipeline.declared_reads("sae", StageSpec(shared=(), reads=("heads:dir",)), "m")
 
 
 def test_every_stage_names_params_sections_that_exist():
@@ -54,6 +65,21 @@ def test_every_stage_names_params_sections_that_exist():
         for entry in stage["do"].get("params", []):
             top = entry.split(".")[0]
             assert top in params, f"stage {name} lists params {entry!r}, which params.yaml lacks"
+
+
+def test_no_function_in_analysis_is_longer_than_sixty_lines():
+    long = []
+    for path in sorted((REPO / "analysis").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []
+
+
+def test_checking_params_imports_no_torch():
+    code = "import sys, analysis.params, analysis.pipeline; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
 
 
 def test_the_lock_pins_every_package_exactly_and_agrees_with_pyproject():

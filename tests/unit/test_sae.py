@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import char_tokenizer, make_params, random_sae, tiny_model
 
-from analysis import corpus, sae, sae_train
+from analysis import corpus, sae, sae_train, saes
 from analysis.prompts import prepare_prompt
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -27,8 +27,8 @@ def test_spliced_sae_with_error_term_leaves_the_logits_unchanged(setup, kind):
     tokens = prepared.tokens[None]
     with torch.no_grad():
         clean = model(tokens)
-        spliced = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, sae_train.splice(spliced_sae, first_position=0))])
-        lossy = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, sae_train.splice(spliced_sae, error=False))])
+        spliced = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, saes.splice(spliced_sae, first_position=0))])
+        lossy = model.run_with_hooks(tokens, fwd_hooks=[(HOOK, saes.splice(spliced_sae, error=False))])
     assert (spliced - clean).abs().max().item() <= 1e-4
     assert (lossy - clean).abs().max().item() > 1e-3  # without the error term, a random SAE does change them
 
@@ -38,8 +38,8 @@ def test_zeroing_a_latent_moves_the_residual_by_its_decoder_contribution(setup):
     x = torch.randn(1, 6, 32)
     latents = random.encode(x)
     feature = int(latents[0, -1].argmax())
-    base = sae_train.splice(random)(x, None)
-    ablated = sae_train.splice(random, edit=lambda z: z.index_fill(-1, torch.tensor([feature]), 0.0))(x, None)
+    base = saes.splice(random)(x, None)
+    ablated = saes.splice(random, edit=lambda z: z.index_fill(-1, torch.tensor([feature]), 0.0))(x, None)
     direction = sae.decoder_directions(random, [feature])[0]
     expected = -latents[0, 1:, feature, None] * direction  # positions 1.. are spliced
     torch.testing.assert_close((ablated - base)[0, 1:], expected, atol=1e-5, rtol=1e-4)
@@ -62,7 +62,7 @@ def test_attribution_gradient_matches_a_small_actual_perturbation(setup, kind):
                 z = z.clone()
                 z[:, -1, feature] += delta  # the final position only (spliced tensors start at 0)
                 return z
-            hook = sae_train.splice(random, edit=edit, first_position=0)
+            hook = saes.splice(random, edit=edit, first_position=0)
             with torch.no_grad():
                 logits = model.run_with_hooks(prepared.tokens[None], fwd_hooks=[(HOOK, hook)])[0, -1]
             return sae.metric_of(logits, plus, minus, kind).item()
