@@ -99,3 +99,93 @@ def few_shot_family(n_prompts: int, n_shots: int, max_operand: int, seed: int) -
     return prompts
 
 
+
+
+# --- error sets: prompt pairs that differ only where a hypothesis says ---------------------
+
+@dataclass(frozen=True)
+class PromptPair:
+    """A context that should induce the error (`corrupt`) and a matched one that should not
+    (`clean`): the same query, examples whose numbers have the same digit counts, so that
+    both tokenize to the same length. `error` is the wrong answer the hypothesis predicts."""
+
+    corrupt: ArithmeticPrompt
+    clean: ArithmeticPrompt
+    error: int
+
+    @property
+    def correct(self) -> int:
+        return self.corrupt.answer
+
+
+def _first(n: int) -> str:
+    return str(n)[0]
+
+
+def _shot_with_sum(rng: random.Random, total: int, max_operand: int) -> tuple[int, int] | None:
+    choices = [(a, total - a) for a in range(max_operand + 1) if 0 <= total - a <= max_operand]
+    return rng.choice(choices) if choices else None
+
+
+def _matched_shot(rng: random.Random, shot: tuple[int, int] | None, max_operand: int,
+                  avoid: set[str]) -> tuple[int, int] | None:
+    """An example whose sum starts with none of the digits in `avoid` and, given `shot`,
+    whose operands and sum have the digit counts of `shot`'s (None if there is none)."""
+    digits = [len(str(v)) for v in (*shot, sum(shot))] if shot else None
+    candidates = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)
+                  if _first(a + b) not in avoid and (not digits or [len(str(a)), len(str(b)), len(str(a + b))] == digits)]
+    return rng.choice(candidates) if candidates else None
+
+
+def _distinct_pairs(make, n: int, seed: int, max_tries: int = 100_000) -> list[PromptPair]:
+    rng, pairs, seen = random.Random(seed), [], set()
+    for _ in range(max_tries):
+        pair = make(rng)
+        if pair is not None and pair.corrupt.text not in seen:
+            seen.add(pair.corrupt.text)
+            pairs.append(pair)
+            if len(pairs) == n:
+                return pairs
+    raise ValueError(f"only {len(pairs)} distinct prompt pairs of this kind exist; fewer than the {n} asked for")
+
+
+def copy_pairs(n: int, n_shots: int, max_operand: int, seed: int) -> list[PromptPair]:
+    """Copy: the last example's answer is the candidate error W; the clean context's examples
+    have other answers (same digit counts), none starting like W or the correct answer."""
+    def make(rng: random.Random) -> PromptPair | None:
+        query = (rng.randint(0, max_operand), rng.randint(0, max_operand))
+        correct = sum(query)
+        error = rng.randint(0, 2 * max_operand)
+        last = _shot_with_sum(rng, error, max_operand)
+        if last is None or _first(error) == _first(correct):
+            return None
+        avoid = {_first(correct), _first(error)}
+        shots = [_matched_shot(rng, None, max_operand, avoid) for _ in range(n_shots - 1)]
+        clean = [_matched_shot(rng, s, max_operand, avoid) for s in [*shots, last]] if None not in shots else [None]
+        if None in clean:
+            return None
+        return PromptPair(ArithmeticPrompt((*shots, last), query), ArithmeticPrompt(tuple(clean), query), error)
+
+    return _distinct_pairs(make, n, seed)
+
+
+def sequence_pairs(n: int, max_operand: int, seed: int) -> list[PromptPair]:
+    """Sequence: two examples whose answers s1, s2 step by d != 0, so that the next term is
+    s2 + d; the next term, both examples' answers and the correct answer start with four
+    different digits, so sequence completion and copying lead to different first tokens.
+    The clean context's answers (same digit counts) form no step towards the next term."""
+    def make(rng: random.Random) -> PromptPair | None:
+        query = (rng.randint(0, max_operand), rng.randint(0, max_operand))
+        s1, s2 = rng.randint(0, 2 * max_operand), rng.randint(0, 2 * max_operand)
+        nxt = 2 * s2 - s1
+        shots = [_shot_with_sum(rng, s, max_operand) for s in (s1, s2)]
+        firsts = {_first(v) for v in (s1, s2, nxt, sum(query))}
+        if s1 == s2 or not 0 <= nxt <= 2 * max_operand or None in shots or len(firsts) < 4:
+            return None
+        avoid = {_first(sum(query)), _first(nxt)}
+        clean = tuple(_matched_shot(rng, s, max_operand, avoid) for s in shots)
+        if None in clean or 2 * sum(clean[1]) - sum(clean[0]) == nxt:
+            return None
+        return PromptPair(ArithmeticPrompt(tuple(shots), query), ArithmeticPrompt(clean, query), nxt)
+
+    return _distinct_pairs(make, n, seed)

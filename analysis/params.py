@@ -202,6 +202,19 @@ class SaeAnalysisParams(Section):
     top_tokens: PositiveInt
 
 
+class PatchingParams(Section):
+    stage: ClassVar = StageSpec(shared=("prompt", "stats"), paper=("metrics",))
+    n_pairs: Annotated[int, Field(strict=True, ge=2)]  # prompt pairs per error set, each its own context
+    n_patched: Annotated[int, Field(strict=True, ge=2)]  # the first pairs, on which patching runs
+    n_shots: PositiveInt  # examples in the copy set's contexts (the sequence set has two)
+    max_operand: Annotated[int, Field(strict=True, ge=2, le=99)]
+    seed: NonNegativeInt
+    last_positions: PositiveInt  # residual patching at each of the last positions
+    top_heads: PositiveInt  # heads ranked by attribution patching, then patched exactly
+    ablate_threshold: Annotated[float, Field(strict=True, gt=0)]  # normalised exact effect to be ablated
+    random_draws: Annotated[int, Field(strict=True, ge=2)]  # random head sets in the ablation control
+
+
 class PaperParams(Section):
     date: Text
 
@@ -227,6 +240,7 @@ class Params(Section):
     behaviour: BehaviourParams
     sae_train: SaeTrainParams
     sae: SaeAnalysisParams
+    patching: PatchingParams
     paper: PaperParams
 
     def model(self, key: str) -> ModelParams:

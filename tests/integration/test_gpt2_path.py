@@ -81,3 +81,18 @@ def test_sae_stages_on_gpt2_shape_with_the_releases_shapes(gpt2_random, tmp_path
         assert "1076" in metrics.saes[name].features
     assert metrics.saes["res-l9"].features["1076"].neuronpedia_url == "https://www.neuronpedia.org/gpt2-small/9-res-jb/1076"
     assert metrics.saes["mlp-l9"].features["1076"].neuronpedia_url is None
+
+
+def test_patching_stage_runs_on_gpt2_shape(gpt2_random, tmp_path):
+    from helpers import make_params
+
+    from analysis import patching
+
+    params = make_params(**{"patching.n_pairs": 4, "patching.n_patched": 2, "patching.last_positions": 1,
+                            "patching.top_heads": 2, "patching.random_draws": 2, "stats.bootstrap_resamples": 200})
+    metrics = patching.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "patching", root=tmp_path))
+    assert (metrics.n_layers, metrics.n_heads) == (12, 12)
+    for result in metrics.sets.values():
+        assert result.n_pairs == 4 and result.n_patched == 2  # GPT-2 writes each number as one token: none dropped
+        assert len(result.head_attribution) == 12 and len(result.head_attribution[0]) == 12
+    assert metrics.examples.with_examples == params.prompt.canonical

@@ -34,6 +34,11 @@ SMALL: dict[str, object] = {
     "sae_train.corpus.arithmetic_windows": 30,
     "sae_train.epochs": 1,
     "models.smollm2-135m.saes.res-l22.d_sae": 512,
+    "patching.n_pairs": 6,
+    "patching.n_patched": 3,
+    "patching.last_positions": 1,
+    "patching.top_heads": 3,
+    "patching.random_draws": 2,
 }
 STAGES = [*stages(), "paper"]
 

@@ -1,0 +1,137 @@
+"""Patching and ablation invariants on tiny models, and the error-set generators."""
+
+import pytest
+import torch
+from helpers import char_tokenizer, gpt2_tokenizer, make_params, tiny_model
+
+from analysis import patching
+from analysis.arithmetic import copy_pairs, sequence_pairs
+from analysis.patching import PairBatch
+from analysis.prompts import prepare_prompt
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(n_layers=3)
+
+
+def _batch(model, n: int = 6) -> PairBatch:
+    pairs, prepared = patching.prepare_pairs(model, copy_pairs(n, 2, 9, seed=0))
+    (_, batch), *_ = patching.batches(prepared)
+    return batch
+
+
+def test_patching_clean_into_clean_changes_nothing(model):
+    batch = _batch(model)
+    clean = PairBatch(batch.clean, batch.clean, batch.error_ids, batch.correct_ids)
+    base = patching.logit_diff_at_end(model, clean)
+    sites = patching._sites(clean, 3)
+    assert not sites[0].any()  # nothing differs between a prompt and itself
+    patched = patching.compute_resid_patching(model, clean, sites)
+    torch.testing.assert_close(patched, base[:, None, None].expand_as(patched), atol=1e-5, rtol=0)
+    components = patching.compute_component_patching(model, clean, [(0, None), (2, 1)])
+    torch.testing.assert_close(components, base[:, None].expand_as(components), atol=1e-5, rtol=0)
+
+
+def test_patching_the_whole_residual_stream_at_a_layer_gives_the_clean_output(model):
+    batch = _batch(model)
+    clean = patching.logit_diff_at_end(model, PairBatch(batch.clean, batch.clean, batch.error_ids, batch.correct_ids))
+    corrupt = patching.logit_diff_at_end(model, batch)
+    everywhere = torch.ones_like(batch.changed)
+    patched = patching.compute_resid_patching(model, batch, [everywhere])[..., 0]  # (pair, layer)
+    torch.testing.assert_close(patched, clean[:, None].expand_as(patched), atol=1e-5, rtol=0)
+    assert (clean - corrupt).abs().max() > 1e-3  # the two runs differ, so the test can fail
+
+
+def test_attribution_equals_exact_patching_where_the_metric_is_linear():
+    """No final norm: the last MLP's output reaches the logits linearly, and so do the last
+    layer's heads in an attention-only model."""
+    with_mlp = tiny_model(n_layers=2, normalization=None, seed=3)
+    batch = _batch(with_mlp)
+    attr = patching.compute_attribution(with_mlp, batch)
+    corrupt = patching.logit_diff_at_end(with_mlp, batch)
+    exact = patching.compute_component_patching(with_mlp, batch, [(1, None)])[:, 0] - corrupt
+    torch.testing.assert_close(attr.mlp[:, 1], exact, atol=1e-4, rtol=1e-4)
+    assert exact.abs().max() > 1e-3
+
+    attn_only = tiny_model(n_layers=2, normalization=None, seed=3, attn_only=True)
+    attr = patching.compute_attribution(attn_only, batch)
+    corrupt = patching.logit_diff_at_end(attn_only, batch)
+    exact = patching.compute_component_patching(attn_only, batch, [(1, h) for h in range(4)]) - corrupt[:, None]
+    torch.testing.assert_close(attr.heads[:, 1], exact, atol=1e-4, rtol=1e-4)
+    assert exact.abs().max() > 1e-3
+
+
+def test_mean_ablation_over_one_prompt_equals_patching_that_prompt(model):
+    batch = _batch(model)
+    one = PairBatch(batch.corrupt[:1], batch.clean[:1], batch.error_ids[:1], batch.correct_ids[:1])
+    heads = [(0, 1), (2, 3)]
+    ld, _ = patching.ablate(model, [([0], one)], 1, heads)
+    _, clean = model.run_with_cache(one.clean, names_filter=lambda n: n.endswith("attn.hook_z"))
+
+    def patch(layer: int, head: int):
+        def hook(z, hook):
+            z = z.clone()
+            z[:, :, head] = clean[f"blocks.{layer}.attn.hook_z"][:, :, head]
+            return z
+        return (f"blocks.{layer}.attn.hook_z", hook)
+
+    patched = patching.logit_diff_at_end(model, one, hooks=[patch(*h) for h in heads])
+    torch.testing.assert_close(ld, patched, atol=1e-5, rtol=0)
+    assert (patched - patching.logit_diff_at_end(model, one)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "gpt2"])
+def test_the_sequence_set_separates_next_term_copies_and_the_correct_answer(tokenizer):
+    model = tiny_model(char_tokenizer() if tokenizer == "char" else gpt2_tokenizer(), n_layers=1)
+    for pair in sequence_pairs(40, 9, seed=1):
+        s1, s2 = pair.corrupt.shot_answers
+        assert s2 - s1 != 0 and pair.error == 2 * s2 - s1
+        clean = pair.clean.shot_answers
+        assert 2 * clean[1] - clean[0] != pair.error
+        answers = {"next": f" {pair.error}", "copy_last": f" {s2}", "copy_first": f" {s1}", "correct": f" {pair.correct}"}
+        firsts = prepare_prompt(model, pair.corrupt.text, answers).first_token_ids
+        assert len(set(firsts)) == 4, (pair, firsts)
+
+
+def test_copy_pairs_match_digit_counts_and_put_the_error_last():
+    for pair in copy_pairs(40, 2, 9, seed=4):
+        assert pair.corrupt.shot_answers[-1] == pair.error != pair.correct
+        assert pair.corrupt.query == pair.clean.query
+        assert [len(str(a)) for a in pair.corrupt.shot_answers] == [len(str(a)) for a in pair.clean.shot_answers]
+        assert str(pair.error)[0] not in {str(a)[0] for a in pair.clean.shot_answers}
+        assert len(pair.corrupt.text) == len(pair.clean.text)
+
+
+def test_impossible_set_sizes_are_refused_not_looped_on():
+    with pytest.raises(ValueError, match="distinct prompt pairs"):
+        sequence_pairs(10_000, 3, seed=0)
+
+
+def test_random_control_draws_are_seeded_and_distinct():
+    draws = patching.random_head_sets(3, 4, size=2, draws=20, seed=7)
+    assert draws == patching.random_head_sets(3, 4, size=2, draws=20, seed=7)
+    assert draws != patching.random_head_sets(3, 4, size=2, draws=20, seed=8)
+    assert len({tuple(map(tuple, d)) for d in draws}) == 20
+    assert all(len(set(d)) == 2 and all(0 <= l < 3 and 0 <= h < 4 for l, h in d) for d in draws)
+
+
+def test_spearman():
+    assert patching.spearman(torch.tensor([1.0, 2, 3]), torch.tensor([10.0, 20, 30])) == pytest.approx(1)
+    assert patching.spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1)
+
+
+def test_stage_on_a_tiny_model(model, tmp_path):
+    from analysis.artifacts import StagePaths
+
+    params = make_params(**{"patching.n_pairs": 8, "patching.n_patched": 6, "patching.random_draws": 3, "patching.top_heads": 4,
+                            "patching.last_positions": 2, "stats.bootstrap_resamples": 200})
+    metrics = patching.run(model, params, "tiny", StagePaths("tiny", "patching", root=tmp_path))
+    loaded = patching.load_results(StagePaths("tiny", "patching", root=tmp_path))
+    assert loaded == metrics and set(metrics.sets) == {"copy", "sequence"}
+    for result in metrics.sets.values():
+        assert result.n_pairs + result.n_dropped == 8
+        assert len(result.resid_exact) == 3 and len(result.resid_exact[0]) == 3 == len(result.sites)
+        exact = torch.tensor(result.resid_exact)
+        assert exact[0, 0].item() == pytest.approx(1.0, abs=1e-4)  # layer 0, every changed token: the clean run
+        assert len(result.top_heads) == 4 and -1 <= result.rank_agreement_mlp <= 1
