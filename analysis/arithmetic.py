@@ -150,21 +150,21 @@ def _distinct_pairs(make, n: int, seed: int, max_tries: int = 100_000) -> list[P
 
 
 def copy_pairs(n: int, n_shots: int, max_operand: int, seed: int) -> list[PromptPair]:
-    """Copy: the last example's answer is the candidate error W; the clean context's examples
-    have other answers (same digit counts), none starting like W or the correct answer."""
+    """Copy: every example answers the candidate error W (as in `0 + 7 = 7. 4 + 3 = 7.`);
+    the clean context's examples answer other numbers (same digit counts), none starting
+    like W or the correct answer."""
     def make(rng: random.Random) -> PromptPair | None:
         query = (rng.randint(0, max_operand), rng.randint(0, max_operand))
         correct = sum(query)
         error = rng.randint(0, 2 * max_operand)
-        last = _shot_with_sum(rng, error, max_operand)
-        if last is None or _first(error) == _first(correct):
+        shots = [_shot_with_sum(rng, error, max_operand) for _ in range(n_shots)]
+        if None in shots or _first(error) == _first(correct):
             return None
         avoid = {_first(correct), _first(error)}
-        shots = [_matched_shot(rng, None, max_operand, avoid) for _ in range(n_shots - 1)]
-        clean = [_matched_shot(rng, s, max_operand, avoid) for s in [*shots, last]] if None not in shots else [None]
+        clean = [_matched_shot(rng, s, max_operand, avoid) for s in shots]
         if None in clean:
             return None
-        return PromptPair(ArithmeticPrompt((*shots, last), query), ArithmeticPrompt(tuple(clean), query), error)
+        return PromptPair(ArithmeticPrompt(tuple(shots), query), ArithmeticPrompt(tuple(clean), query), error)
 
     return _distinct_pairs(make, n, seed)
 

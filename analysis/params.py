@@ -205,12 +205,13 @@ class SaeAnalysisParams(Section):
 class PatchingParams(Section):
     stage: ClassVar = StageSpec(shared=("prompt", "stats"), paper=("metrics",))
     n_pairs: Annotated[int, Field(strict=True, ge=2)]  # prompt pairs per error set, each its own context
-    n_patched: Annotated[int, Field(strict=True, ge=2)]  # the first pairs, on which patching runs
+    n_patched: Annotated[int, Field(strict=True, ge=2)]  # pairs patched: where the model errs, if it does
     n_shots: PositiveInt  # examples in the copy set's contexts (the sequence set has two)
     max_operand: Annotated[int, Field(strict=True, ge=2, le=99)]
     seed: NonNegativeInt
     last_positions: PositiveInt  # residual patching at each of the last positions
     top_heads: PositiveInt  # heads ranked by attribution patching, then patched exactly
+    exhaustive_heads: Annotated[bool, Field(strict=True)]  # patch every head exactly (a GPU's job)
     ablate_threshold: Annotated[float, Field(strict=True, gt=0)]  # normalised exact effect to be ablated
     random_draws: Annotated[int, Field(strict=True, ge=2)]  # random head sets in the ablation control
 

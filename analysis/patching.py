@@ -5,10 +5,12 @@ DVC stage `patching@<model>`. Reads params.yaml [seed, models.<model>, prompt, s
 patching]; writes data/<model>/patching.safetensors and data/<model>/metrics/patching.json.
 
 Error sets (analysis/arithmetic.py): pairs of prompts of equal token length with the same
-query. In the `copy` set the corrupt context's last example answers the candidate error W
-and the clean one's examples answer other numbers; in the `sequence` set the corrupt
+query. In the `copy` set every example of the corrupt context answers the candidate error
+W (`0 + 7 = 7. 4 + 3 = 7. ...`) and the clean one's examples answer other numbers; in the `sequence` set the corrupt
 context's answers step towards the next term (1, 3 -> 5) and the clean one's do not.
-Each prompt is scored by whole answers, and the model's greedy answer is read.
+Each prompt is scored by whole answers, and the model's greedy answer is read. Patching
+and ablation run on up to `patching.n_patched` pairs on which the model gives the error
+(the first pairs, if fewer than two such pairs exist).
 
 Per pair the metric is the logit difference LD = logit(error) - logit(correct) at the
 final position (first distinguishing tokens). Patching runs the corrupt prompt with one
@@ -41,7 +43,7 @@ from torch import Tensor
 from analysis.arithmetic import PromptPair, copy_pairs, sequence_pairs
 from analysis.artifacts import Schema, StagePaths, load_json, save_json, save_tensors
 from analysis.params import Params
-from analysis.plotting import COLORS, styled
+from analysis.plotting import COLORS, error_bars, styled
 from analysis.prompts import PreparedPrompt, equal_length_batches, prepare_prompt
 from analysis.scoring import final_logits, score_and_read
 from analysis.stage import run_stage
@@ -70,14 +72,16 @@ class PairBatch:
 def logit_diff_at_end(model, batch: PairBatch, resid: Tensor | None = None, start: int = 0,
                       hooks: list | None = None) -> Float[Tensor, "batch"]:
     """LD at the final position of the corrupt prompts, or of the residual stream `resid`
-    entering block `start` (only blocks start.. run)."""
+    entering block `start` (only blocks start.. run). `resid` may hold several copies of
+    the batch, one after another: their LDs come back in the same order."""
     inputs = batch.corrupt.to(model.cfg.device) if resid is None else resid
     with model.hooks(fwd_hooks=hooks or []):
         out = model(inputs, start_at_layer=None if resid is None else start, stop_at_layer=model.cfg.n_layers)
     last = out[:, -1:]
-    logits = model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0]
+    logits = model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0].cpu()
+    copies = len(logits) // len(batch.error_ids)
     rows = torch.arange(len(logits))
-    return (logits[rows, batch.error_ids.to(logits.device)] - logits[rows, batch.correct_ids.to(logits.device)]).cpu()
+    return logits[rows, batch.error_ids.repeat(copies)] - logits[rows, batch.correct_ids.repeat(copies)]
 
 
 def _resid_names(model) -> list[str]:
@@ -87,15 +91,17 @@ def _resid_names(model) -> list[str]:
 @torch.no_grad()
 def compute_resid_patching(model, batch: PairBatch, sites: list[Bool[Tensor, "batch pos"]]
                            ) -> Float[Tensor, "batch layer site"]:
-    """LD of the corrupt run with the clean residual stream (before each layer) at each site's positions."""
+    """LD of the corrupt run with the clean residual stream (before each layer) at each
+    site's positions; one pass per layer, from that layer on, with every site in the batch."""
     names = _resid_names(model)
     _, clean = model.run_with_cache(batch.clean.to(model.cfg.device), names_filter=lambda n: n in names)
     _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
+    masks = torch.cat(sites).to(model.cfg.device)[..., None]  # (site * batch, pos, 1)
     out = torch.empty(len(batch.corrupt), model.cfg.n_layers, len(sites))
     for layer, name in enumerate(names):
-        for s, mask in enumerate(sites):
-            where = mask.to(clean[name].device)[..., None]
-            out[:, layer, s] = logit_diff_at_end(model, batch, torch.where(where, clean[name], corrupt[name]), layer)
+        copies = len(sites)
+        patched = torch.where(masks, clean[name].repeat(copies, 1, 1), corrupt[name].repeat(copies, 1, 1))
+        out[:, layer] = logit_diff_at_end(model, batch, patched, layer).reshape(copies, -1).T
     return out
 
 
@@ -110,18 +116,26 @@ def _final_position_patch(name: str, clean_value: Tensor, head: int | None = Non
     return [(name, hook)]
 
 
+def _component_name(layer: int, head: int | None) -> str:
+    return f"blocks.{layer}.{'hook_mlp_out' if head is None else 'attn.hook_z'}"
+
+
 @torch.no_grad()
 def compute_component_patching(model, batch: PairBatch, components: list[tuple[int, int | None]]
                                ) -> Float[Tensor, "batch component"]:
     """LD with one component's final-position output from the clean run: (layer, None) is
-    that layer's MLP, (layer, head) one head's z."""
-    names = {f"blocks.{layer}.{'hook_mlp_out' if head is None else 'attn.hook_z'}" for layer, head in components}
+    that layer's MLP, (layer, head) one head's z. Each run starts at the component's layer,
+    from the corrupt residual stream cached there."""
+    names = {_component_name(layer, head) for layer, head in components}
+    starts = {f"blocks.{layer}.hook_resid_pre" for layer, _ in components}
     _, clean = model.run_with_cache(batch.clean.to(model.cfg.device), names_filter=lambda n: n in names)
+    _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in starts)
     out = torch.empty(len(batch.corrupt), len(components))
     for i, (layer, head) in enumerate(components):
-        name = f"blocks.{layer}.{'hook_mlp_out' if head is None else 'attn.hook_z'}"
+        name = _component_name(layer, head)
         value = clean[name][:, -1] if head is None else clean[name][:, -1, head]
-        out[:, i] = logit_diff_at_end(model, batch, hooks=_final_position_patch(name, value, head))
+        out[:, i] = logit_diff_at_end(model, batch, corrupt[f"blocks.{layer}.hook_resid_pre"], layer,
+                                      hooks=_final_position_patch(name, value, head))
     return out
 
 
@@ -240,7 +254,8 @@ class SetResult(Schema):
     description: str
     n_pairs: int
     n_dropped: int  # pairs whose two prompts tokenize to different lengths
-    n_patched: int  # the first pairs, on which patching and ablation run
+    n_patched: int  # pairs on which patching and ablation run
+    patched_on: str  # which pairs those are
     examples: list[list[str]]  # [corrupt, clean, error, correct] for the first pairs
     corrupt: Behaviour
     clean: Behaviour
@@ -325,10 +340,14 @@ def _sites(batch: PairBatch, n_last: int) -> list[Tensor]:
     return [batch.changed, *columns]
 
 
-def _behaviour(model, side: list[PreparedPrompt], pairs: list[PromptPair], ld: Tensor, params: Params) -> Behaviour:
+def _behaviour(model, side: list[PreparedPrompt], pairs: list[PromptPair], params: Params
+               ) -> tuple[Behaviour, Tensor, Tensor]:
+    """The side's Behaviour; per pair its LD (a difference of first-token log-probabilities
+    is one of logits) and whether the greedy answer is the error. One pass per context."""
     ids = [[p.answers[n].token_ids for p in side] for n in ANSWERS]
     scores, greedy, _ = score_and_read(model, [p.tokens for p in side] * 2, ids[0] + ids[1], max_tokens=3)
     p = scores.logprob.exp().reshape(2, len(side))
+    ld = scores.first_logprob[: len(side)] - scores.first_logprob[len(side):]
     error = torch.tensor([g == pair.error for g, pair in zip(greedy[: len(side)], pairs, strict=True)]).double()
     wrong = torch.tensor([g != pair.correct for g, pair in zip(greedy[: len(side)], pairs, strict=True)]).double()
 
@@ -336,7 +355,26 @@ def _behaviour(model, side: list[PreparedPrompt], pairs: list[PromptPair], ld: T
         return estimate_mean(values.double(), params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
 
     return Behaviour(error_rate=est(error), wrong_rate=est(wrong), p_error=est(p[0]), p_correct=est(p[1]),
-                     logit_diff=est(ld))
+                     logit_diff=est(ld)), ld, error.bool()
+
+
+def behaviour_of(model, params: Params, pairs: list[PromptPair], prepared: list[tuple[PreparedPrompt, PreparedPrompt]]
+                 ) -> tuple[dict[str, Behaviour], dict[str, Tensor], Tensor]:
+    """Per side (corrupt, clean): its Behaviour and its LDs over every pair; and per pair
+    whether the model gives the error after the corrupt context."""
+    results, lds, errs = {}, {}, {}
+    for col, side in enumerate(("corrupt", "clean")):
+        results[side], lds[side], errs[side] = _behaviour(model, [p[col] for p in prepared], pairs, params)
+    return results, lds, errs["corrupt"]
+
+
+def patched_subset(errs: Tensor, n_patched: int) -> tuple[list[int], str]:
+    """The pairs to patch: those on which the model makes the error (up to n_patched), when
+    there are at least two; else the first n_patched pairs."""
+    erring = errs.nonzero()[:, 0].tolist()
+    if len(erring) >= 2:
+        return erring[:n_patched], "pairs where the model gives the error"
+    return list(range(min(n_patched, len(errs)))), "the first pairs (too few errors to patch)"
 
 
 @dataclass(frozen=True)
@@ -350,8 +388,9 @@ class Measured:
     head_attribution: Float[Tensor, "pair layer head"]
 
 
-def measure(model, groups: list[tuple[list[int], PairBatch]], n: int, n_last: int) -> Measured:
-    """LD clean and corrupt, exact patching of residual sites and MLPs, attribution of all."""
+def measure(model, groups: list[tuple[list[int], PairBatch]], n: int, n_last: int, ld_corrupt: Tensor,
+            ld_clean: Tensor) -> Measured:
+    """Exact patching of residual sites and MLPs, and attribution of all, given the pairs' LDs."""
     layers = range(model.cfg.n_layers)
     attrs = [compute_attribution(model, batch) for _, batch in groups]
     per_group = iter(attrs)
@@ -360,12 +399,8 @@ def measure(model, groups: list[tuple[list[int], PairBatch]], n: int, n_last: in
         attr = next(per_group)
         return torch.stack([(attr.resid * m[:, None, :]).sum(-1) for m in _sites(batch, n_last)], dim=-1)
 
-    def clean_ld(batch: PairBatch) -> Tensor:
-        return logit_diff_at_end(model, PairBatch(batch.clean, batch.clean, batch.error_ids, batch.correct_ids))
-
     return Measured(
-        ld_corrupt=_gather(groups, n, lambda b: logit_diff_at_end(model, b)),
-        ld_clean=_gather(groups, n, clean_ld),
+        ld_corrupt=ld_corrupt, ld_clean=ld_clean,
         resid=_gather(groups, n, lambda b: compute_resid_patching(model, b, _sites(b, n_last))),
         resid_attribution=_gather(groups, n, at_sites),
         mlp=_gather(groups, n, lambda b: compute_component_patching(model, b, [(l, None) for l in layers])),
@@ -379,11 +414,14 @@ def _gather_parts(groups: list[tuple[list[int], PairBatch]], n: int, parts: list
     return _gather(groups, n, lambda _: next(values))
 
 
-def ablate(model, groups, n: int, heads: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+def ablate(model, groups, n: int, heads: list[tuple[int, int]], means: list[Tensor]) -> tuple[Tensor, Tensor]:
     """(LD, first-token error indicator) per corrupt prompt with `heads` mean-ablated
-    together: each head's z set to its mean over the clean prompts of the same length."""
+    together: each head's z set to its mean over the clean prompts of the same length
+    (means[i]: mean_head_outputs of group i's clean prompts)."""
+    per_group = iter(means)
+
     def run(batch: PairBatch) -> Tensor:
-        hooks = mean_ablation_hooks(heads, mean_head_outputs(model, batch.clean))
+        hooks = mean_ablation_hooks(heads, next(per_group))
         logits = final_logits(model, batch.corrupt, hooks).cpu()
         rows = torch.arange(len(logits))
         ld = logits[rows, batch.error_ids] - logits[rows, batch.correct_ids]
@@ -399,10 +437,12 @@ def _normalised(values: Tensor, m: Measured, gap: float) -> Tensor:
 
 
 def confirm_heads(model, params: Params, groups, n: int, m: Measured, gap: float) -> list[HeadEffect]:
-    """The heads attribution patching ranks highest (by |effect|), patched exactly."""
+    """The heads attribution patching ranks highest (by |effect|), patched exactly; every
+    head, in that order, with `exhaustive_heads`."""
     settings, stats = params.patching, params.stats
     attribution = (m.head_attribution / gap).mean(0)
-    order = attribution.flatten().abs().argsort(descending=True)[: settings.top_heads]
+    count = attribution.numel() if settings.exhaustive_heads else settings.top_heads
+    order = attribution.flatten().abs().argsort(descending=True)[:count]
     heads = [divmod(int(i), model.cfg.n_heads) for i in order]
     exact = _normalised(_gather(groups, n, lambda b: compute_component_patching(model, b, heads)), m, gap)
     return [HeadEffect(layer=l, head=h, attribution=attribution[l, h].item(),
@@ -415,9 +455,10 @@ def ablation_result(model, params: Params, groups, n: int, m: Measured, top: lis
     chosen = [(h.layer, h.head) for h in top if h.exact.mean >= settings.ablate_threshold]
     if not chosen:
         return None
-    ld, err = ablate(model, groups, n, chosen)
+    means = [mean_head_outputs(model, batch.clean) for _, batch in groups]
+    ld, err = ablate(model, groups, n, chosen, means)
     draws = random_head_sets(model.cfg.n_layers, model.cfg.n_heads, len(chosen), settings.random_draws, params.seed)
-    random = [(ablate(model, groups, n, heads)[0] - m.ld_corrupt).mean().item() for heads in draws]
+    random = [(ablate(model, groups, n, heads, means)[0] - m.ld_corrupt).mean().item() for heads in draws]
     delta = (ld - m.ld_corrupt).mean().item()
 
     def est(values: Tensor) -> Estimate:
@@ -430,7 +471,7 @@ def ablation_result(model, params: Params, groups, n: int, m: Measured, top: lis
 
 
 SETS = {
-    "copy": "the last example answers the error; clean examples answer other numbers",
+    "copy": "every example answers the error; clean examples answer other numbers",
     "sequence": "the examples' answers step towards the error (1, 3 -> 5); clean ones do not",
 }
 
@@ -443,13 +484,13 @@ def error_set(name: str, params: Params) -> list[PromptPair]:
 
 
 def analyse_set(model, params: Params, name: str) -> tuple[SetResult, dict[str, Tensor]]:
-    """Behaviour on every pair of the set; patching and ablation on the first n_patched."""
+    """Behaviour on every pair of the set; patching and ablation on a subset (patched_subset)."""
     all_pairs, all_prepared = prepare_pairs(model, error_set(name, params))
-    pairs, prepared = all_pairs[: params.patching.n_patched], all_prepared[: params.patching.n_patched]
+    behaviour, lds, errs = behaviour_of(model, params, all_pairs, all_prepared)
+    chosen, patched_on = patched_subset(errs, params.patching.n_patched)
+    pairs, prepared = [all_pairs[i] for i in chosen], [all_prepared[i] for i in chosen]
     n, groups = len(pairs), batches(prepared)
-    m = measure(model, groups, n, params.patching.last_positions)
-    ld_all = [_gather(batches(all_prepared), len(all_pairs), lambda b, side=side: logit_diff_at_end(
-        model, PairBatch(getattr(b, side), getattr(b, side), b.error_ids, b.correct_ids))) for side in ("corrupt", "clean")]
+    m = measure(model, groups, n, params.patching.last_positions, lds["corrupt"][chosen], lds["clean"][chosen])
     gap = (m.ld_clean - m.ld_corrupt).mean().item()
     top = confirm_heads(model, params, groups, n, m, gap)
     mlp = _normalised(m.mlp, m, gap)
@@ -459,9 +500,9 @@ def analyse_set(model, params: Params, name: str) -> tuple[SetResult, dict[str, 
     changed = (first.tokens != first_clean.tokens).nonzero()[:, 0].tolist()
     result = SetResult(
         name=name, description=SETS[name], n_pairs=len(all_pairs), n_dropped=params.patching.n_pairs - len(all_pairs),
-        n_patched=n, examples=[[p.corrupt.text, p.clean.text, str(p.error), str(p.correct)] for p in pairs[:3]],
-        corrupt=_behaviour(model, [c for c, _ in all_prepared], all_pairs, ld_all[0], params),
-        clean=_behaviour(model, [c for _, c in all_prepared], all_pairs, ld_all[1], params),
+        n_patched=n, patched_on=patched_on,
+        examples=[[p.corrupt.text, p.clean.text, str(p.error), str(p.correct)] for p in pairs[:3]],
+        corrupt=behaviour["corrupt"], clean=behaviour["clean"],
         mean_gap=gap, sites=sites,
         site_tokens=["+".join(first.str_tokens[i] for i in changed)] + list(first.str_tokens[-len(sites) + 1:]),
         resid_exact=_normalised(m.resid, m, gap).mean(0).tolist(),
@@ -527,7 +568,7 @@ def plot_behaviour(metrics: PatchingMetrics):
             ax = axes[row, col]
             values = [getattr(result.corrupt, field), getattr(result.clean, field)]
             ax.bar([0, 1], [v.mean for v in values], color=[COLORS["misconception"], COLORS["correct"]],
-                   yerr=[[v.mean - v.low for v in values], [v.high - v.mean for v in values]], capsize=3)
+                   yerr=error_bars(values), capsize=3)
             ax.set_xticks([0, 1], ["corrupt context", "clean context"])
             ax.set_title(f"{name} set (n = {result.n_pairs}): {label}", fontsize=8)
     return fig
@@ -539,7 +580,7 @@ def plot_resid_patching(metrics: PatchingMetrics):
     fig, axes, names = _set_axes(metrics, 2.8, cols=2)
     for row, name in enumerate(names):
         result = metrics.sets[name]
-        labels = [f"{s}\\n{t!r}"[:14] for s, t in zip(result.sites, result.site_tokens, strict=True)]
+        labels = [f"{s}\n{t!r}"[:14] for s, t in zip(result.sites, result.site_tokens, strict=True)]
         for col, (values, title) in enumerate(((result.resid_exact, "patched"), (result.resid_attribution, "attribution"))):
             ax = axes[row, col]
             image = ax.imshow(torch.tensor(values).numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto",
@@ -561,7 +602,7 @@ def plot_components(metrics: PatchingMetrics):
         ax = axes[row, 0]
         layers = range(len(result.mlp_exact))
         ax.errorbar(layers, [e.mean for e in result.mlp_exact], capsize=2, fmt="o-", markersize=3,
-                    yerr=[[e.mean - e.low for e in result.mlp_exact], [e.high - e.mean for e in result.mlp_exact]],
+                    yerr=error_bars(result.mlp_exact),
                     color=COLORS["accent"], label="patched")
         ax.plot(layers, result.mlp_attribution, "x--", color=COLORS["control"], label="attribution")
         ax.axhline(0, color="black", linewidth=0.6)
@@ -572,7 +613,7 @@ def plot_components(metrics: PatchingMetrics):
         heads = result.top_heads
         x = range(len(heads))
         ax.bar(x, [h.exact.mean for h in heads], color=COLORS["accent"], capsize=2, label="patched",
-               yerr=[[h.exact.mean - h.exact.low for h in heads], [h.exact.high - h.exact.mean for h in heads]])
+               yerr=error_bars([h.exact for h in heads]))
         ax.scatter(x, [h.attribution for h in heads], marker="x", color="black", zorder=3, label="attribution")
         ax.set_xticks(list(x), [f"L{h.layer}H{h.head}" for h in heads], rotation=90, fontsize=6)
         ax.axhline(0, color="black", linewidth=0.6)

@@ -45,6 +45,11 @@ def styled(func):
     return wrapper
 
 
+def error_bars(estimates: list) -> list[list[float]]:
+    """matplotlib's yerr for Estimates: distances from each mean to its interval's ends."""
+    return [[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]]
+
+
 def ablation_bars(ax, labels: list[str], effects: list[dict]) -> None:
     """Paired bars with 95% intervals: the change in P(correct) and in P(copy of the previous
     answer) when each labelled component is ablated; effects[i][answer] is an Estimate."""
@@ -53,7 +58,7 @@ def ablation_bars(ax, labels: list[str], effects: list[dict]) -> None:
                                         (width / 2, "copy", COLORS["misconception"], "P(copy of previous answer)")):
         estimates = [effect[answer] for effect in effects]
         ax.bar([i + offset for i in range(len(labels))], [e.mean for e in estimates], width, color=color, capsize=2,
-               yerr=[[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]], label=name)
+               yerr=error_bars(estimates), label=name)
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("change in probability")

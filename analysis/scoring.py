@@ -27,6 +27,7 @@ from analysis.prompts import equal_length_batches, run_by_length
 class AnswerScores:
     token_logprob: Float[Tensor, "n"]  # sum of the answer tokens' log-probabilities
     boundary_logprob: Float[Tensor, "n"]  # log P(next token does not continue the number)
+    first_logprob: Float[Tensor, "n"]  # the answer's first token alone, right after the context
 
     @property
     def logprob(self) -> Float[Tensor, "n"]:
@@ -77,7 +78,7 @@ def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, m
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     n = len(contexts)
-    token_lp, boundary_lp, texts = torch.zeros(n), torch.zeros(n), [""] * n
+    token_lp, boundary_lp, first_lp, texts = torch.zeros(n), torch.zeros(n), torch.zeros(n), [""] * n
     keys = [(len(c), len(answers[i]) if answers else 0) for i, c in enumerate(contexts)]
     device = model.cfg.device
     for chunk in equal_length_batches(keys, batch_size):
@@ -93,6 +94,7 @@ def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, m
             steps = torch.cat([first[:, None], later], dim=1)  # (batch, n_answer + 1, vocab)
             picked = steps[:, :-1].gather(-1, answer[..., None])[..., 0]
             token_lp[chunk] = picked.sum(-1).cpu()
+            first_lp[chunk] = picked[:, 0].cpu()
             ends = steps[:, -1][:, continuing.to(device)].exp().sum(-1).clamp(max=1 - 1e-12)
             boundary_lp[chunk] = torch.log1p(-ends).cpu()
         if max_tokens:
@@ -102,7 +104,7 @@ def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, m
                 generated = torch.cat([generated, step[:, None]], dim=1)
             for row, i in enumerate(chunk):
                 texts[i] = model.tokenizer.decode(generated[row].tolist())
-    return (AnswerScores(token_lp, boundary_lp) if answers else None), texts
+    return (AnswerScores(token_lp, boundary_lp, first_lp) if answers else None), texts
 
 
 def score_answers(model, contexts: list[Int[Tensor, "_pos"]], answers: list[tuple[int, ...]],

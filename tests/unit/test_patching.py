@@ -66,7 +66,7 @@ def test_mean_ablation_over_one_prompt_equals_patching_that_prompt(model):
     batch = _batch(model)
     one = PairBatch(batch.corrupt[:1], batch.clean[:1], batch.error_ids[:1], batch.correct_ids[:1])
     heads = [(0, 1), (2, 3)]
-    ld, _ = patching.ablate(model, [([0], one)], 1, heads)
+    ld, _ = patching.ablate(model, [([0], one)], 1, heads, [patching.mean_head_outputs(model, one.clean)])
     _, clean = model.run_with_cache(one.clean, names_filter=lambda n: n.endswith("attn.hook_z"))
 
     def patch(layer: int, head: int):
@@ -94,9 +94,9 @@ def test_the_sequence_set_separates_next_term_copies_and_the_correct_answer(toke
         assert len(set(firsts)) == 4, (pair, firsts)
 
 
-def test_copy_pairs_match_digit_counts_and_put_the_error_last():
-    for pair in copy_pairs(40, 2, 9, seed=4):
-        assert pair.corrupt.shot_answers[-1] == pair.error != pair.correct
+def test_copy_pairs_match_digit_counts_and_every_example_answers_the_error():
+    for pair in copy_pairs(40, 3, 9, seed=4):
+        assert set(pair.corrupt.shot_answers) == {pair.error} and pair.error != pair.correct
         assert pair.corrupt.query == pair.clean.query
         assert [len(str(a)) for a in pair.corrupt.shot_answers] == [len(str(a)) for a in pair.clean.shot_answers]
         assert str(pair.error)[0] not in {str(a)[0] for a in pair.clean.shot_answers}
@@ -114,6 +114,19 @@ def test_random_control_draws_are_seeded_and_distinct():
     assert draws != patching.random_head_sets(3, 4, size=2, draws=20, seed=8)
     assert len({tuple(map(tuple, d)) for d in draws}) == 20
     assert all(len(set(d)) == 2 and all(0 <= l < 3 and 0 <= h < 4 for l, h in d) for d in draws)
+
+
+def test_behaviour_reads_the_logit_difference_from_the_scoring_pass(model):
+    pairs, prepared = patching.prepare_pairs(model, copy_pairs(6, 3, 9, seed=0))
+    _, lds, _ = patching.behaviour_of(model, make_params(**{"stats.bootstrap_resamples": 100}), pairs, prepared)
+    for idx, batch in patching.batches(prepared):
+        torch.testing.assert_close(lds["corrupt"][idx], patching.logit_diff_at_end(model, batch), atol=1e-4, rtol=0)
+
+
+def test_patching_runs_on_the_pairs_where_the_model_errs():
+    assert patching.patched_subset(torch.tensor([0, 1, 0, 1, 1]).bool(), 2) == ([1, 3], "pairs where the model gives the error")
+    chosen, why = patching.patched_subset(torch.tensor([0, 1, 0, 0]).bool(), 3)
+    assert chosen == [0, 1, 2] and "too few errors" in why
 
 
 def test_spearman():
