@@ -203,7 +203,7 @@ class SaeAnalysisParams(Section):
 
 
 class PatchingParams(Section):
-    stage: ClassVar = StageSpec(shared=("prompt", "stats"), paper=("metrics",))
+    stage: ClassVar = StageSpec(shared=("prompt", "stats"), reads=("sae_train:dir",), paper=("metrics",))
     n_pairs: Annotated[int, Field(strict=True, ge=2)]  # prompt pairs per error set, each its own context
     n_patched: Annotated[int, Field(strict=True, ge=2)]  # pairs patched: where the model errs, if it does
     n_shots: PositiveInt  # examples in the copy set's contexts (the sequence set has two)
@@ -214,6 +214,11 @@ class PatchingParams(Section):
     exhaustive_heads: Annotated[bool, Field(strict=True)]  # patch every head exactly (a GPU's job)
     ablate_threshold: Annotated[float, Field(strict=True, gt=0)]  # normalised exact effect to be ablated
     random_draws: Annotated[int, Field(strict=True, ge=2)]  # random head sets in the ablation control
+    circuit_node_threshold: Annotated[float, Field(strict=True, gt=0)]  # |normalised effect| of a circuit node
+    circuit_max_nodes: Annotated[int, Field(strict=True, ge=2)]  # the largest effects, if more pass
+    circuit_edge_threshold: Annotated[float, Field(strict=True, gt=0)]  # |path effect| of an edge drawn
+    top_latents: PositiveInt  # SAE latents that most favour the error, patched and ablated together
+    latent_match_window: PositiveInt  # random control latents: within this many ranks of mean activation
 
 
 class PaperParams(Section):

@@ -1,5 +1,6 @@
 """The model's own errors, explained causally: error sets, activation and attribution
-patching, and ablations against random controls (the study's Figures 4 and 5, measured).
+patching, ablations against random controls, wrong against right answers, and the
+circuit from path patching (the study's Figures 4, 5 and 10, measured).
 
 DVC stage `patching@<model>`. Reads params.yaml [seed, models.<model>, prompt, stats,
 patching]; writes data/<model>/patching.safetensors and data/<model>/metrics/patching.json.
@@ -25,9 +26,16 @@ mean gap is held fixed. Patched sites:
 Attribution patching estimates all of these from one forward and backward pass per run
 (gradient of LD times the clean-minus-corrupt activation); the heads it ranks highest
 are then patched exactly, and the rank agreement of the two is reported.
-Ablation: the heads whose exact effect passes `patching.ablate_threshold`, mean-ablated
-together (at each position, their mean output there over the clean prompts of the same
-length), against the same number of random heads drawn `patching.random_draws` times.
+Ablation: the heads whose exact effect passes `patching.ablate_threshold`, together by
+zero, mean (at each position, their mean output there over the clean prompts of the same
+length) and resample ablation (their output on another pair's clean prompt), and each
+alone by mean ablation; the joint mean ablation against the same number of random heads
+drawn `patching.random_draws` times. All changes are paired: ablated - corrupt per prompt.
+Wrong against right: over every pair's corrupt prompt, split by the greedy answer, the
+logit lens's LD by layer and the top heads' attention to the changed tokens.
+Circuit (only where the patched pairs show the error): nodes are the heads and MLPs whose
+exact effect passes `patching.circuit_node_threshold`; path patching measures each
+sender -> receiver edge and each node's direct effect on the logits (compute_path_patching).
 
     python -m analysis.patching --model smollm2-135m
 """
@@ -41,16 +49,19 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from analysis.arithmetic import PromptPair, copy_pairs, sequence_pairs
-from analysis.artifacts import Schema, StagePaths, load_json, save_json, save_tensors
-from analysis.params import Params
+from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.params import Params, hook_layer
 from analysis.plotting import COLORS, error_bars, styled
 from analysis.prompts import PreparedPrompt, equal_length_batches, prepare_prompt
+from analysis.saes import STAGE as SAE_TRAIN
+from analysis.saes import load_sae, splice
 from analysis.scoring import final_logits, score_and_read
 from analysis.stage import run_stage
 from analysis.stats import Estimate, estimate_mean
 
 STAGE = "patching"
 ANSWERS = ("error", "correct")
+ERRING = "pairs where the model gives the error"
 
 
 # --- compute ---------------------------------------------------------------------------
@@ -182,8 +193,95 @@ def compute_attribution(model, batch: PairBatch) -> Attribution:
     )
 
 
-def mean_ablation_hooks(heads: list[tuple[int, int]], means: Float[Tensor, "layer head pos d_head"]) -> list:
-    """Hooks that set each listed head's z, at every position, to its mean there."""
+Node = tuple[int, int | None]  # (layer, head), or (layer, None) for that layer's MLP
+
+
+def node_name(node: Node) -> str:
+    layer, head = node
+    return f"MLP{layer}" if head is None else f"L{layer}H{head}"
+
+
+def can_reach(sender: Node, receiver: Node) -> bool:
+    """The sender writes to the residual stream before the receiver reads it: a head reads
+    hook_resid_pre and writes into hook_resid_mid of its layer, an MLP reads hook_resid_mid
+    and writes into the next layer's hook_resid_pre."""
+    write = 2 * sender[0] + (1 if sender[1] is not None else 2)
+    read = 2 * receiver[0] + (0 if receiver[1] is not None else 1)
+    return write <= read
+
+
+@torch.no_grad()
+def node_outputs(model, tokens: Int[Tensor, "batch pos"], nodes: list[Node]) -> Float[Tensor, "node batch d_model"]:
+    """What each node adds to the residual stream at the final position (a head: z @ W_O)."""
+    names = {_component_name(layer, head) for layer, head in nodes}
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names)
+    out = []
+    for layer, head in nodes:
+        act = cache[_component_name(layer, head)][:, -1]
+        out.append(act if head is None else act[:, head] @ model.W_O[layer, head])
+    return torch.stack(out)
+
+
+def _ld_of_final(model, batch: PairBatch, last: Float[Tensor, "copies_batch d_model"]) -> Float[Tensor, "copies_batch"]:
+    """LD from the final residual stream at the last position (final norm, then unembedding)."""
+    last = last[:, None]
+    logits = model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0].cpu()
+    copies, rows = len(logits) // len(batch.error_ids), torch.arange(len(logits))
+    return logits[rows, batch.error_ids.repeat(copies)] - logits[rows, batch.correct_ids.repeat(copies)]
+
+
+@torch.no_grad()
+def _receiver_input(model, start: Tensor, receiver: Node, delta: Tensor) -> Tensor:
+    """The receiver's final-position output when `delta` (copies*batch, d_model) is added to
+    what it reads at the final position, and to nothing else."""
+    layer, head = receiver
+    read = f"blocks.{layer}.hook_resid_pre" if head is not None else f"blocks.{layer}.hook_resid_mid"
+    captured: dict[str, Tensor] = {}
+
+    def add(act: Tensor, hook) -> Tensor:
+        act = act.clone()
+        act[:, -1] += delta
+        return act
+
+    def capture(act: Tensor, hook) -> None:
+        captured["out"] = act[:, -1] if head is None else act[:, -1, head]
+
+    with model.hooks(fwd_hooks=[(read, add), (_component_name(layer, head), capture)]):
+        model(start, start_at_layer=layer, stop_at_layer=layer + 1)
+    return captured["out"]
+
+
+@torch.no_grad()
+def compute_path_patching(model, batch: PairBatch, nodes: list[Node]
+                          ) -> tuple[Float[Tensor, "batch node"], Float[Tensor, "batch sender receiver"]]:
+    """Path patching at the final position, corrupt run, clean-minus-corrupt output of one
+    node at a time. Direct: that difference added to the final residual stream only.
+    Edge sender -> receiver: the receiver's output recomputed with only the sender's
+    difference added to its input, then patched into the corrupt run from the receiver's
+    layer on. NaN where the sender cannot reach the receiver. Returns LDs."""
+    delta = node_outputs(model, batch.clean, nodes) - node_outputs(model, batch.corrupt, nodes)
+    n_layers = model.cfg.n_layers
+    names = {f"blocks.{l}.hook_resid_pre" for l, _ in nodes} | {f"blocks.{n_layers - 1}.hook_resid_post"}
+    _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
+    final = corrupt[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1]
+    direct = _ld_of_final(model, batch, (final[None] + delta).flatten(0, 1)).reshape(len(nodes), -1).T
+    edges = torch.full((len(batch.corrupt), len(nodes), len(nodes)), float("nan"))
+    for r, receiver in enumerate(nodes):
+        senders = [s for s, sender in enumerate(nodes) if can_reach(sender, receiver)]
+        if not senders:
+            continue
+        layer, head = receiver
+        start = corrupt[f"blocks.{layer}.hook_resid_pre"].repeat(len(senders), 1, 1)
+        value = _receiver_input(model, start, receiver, delta[senders].flatten(0, 1))
+        hooks = _final_position_patch(_component_name(layer, head), value, head)
+        ld = logit_diff_at_end(model, batch, start, layer, hooks=hooks)
+        edges[:, senders, r] = ld.reshape(len(senders), -1).T
+    return direct, edges
+
+
+def replace_head_hooks(heads: list[tuple[int, int]], values: Float[Tensor, "layer head *batch pos d_head"]) -> list:
+    """Hooks that set each listed head's z to values[layer, head] (broadcast over the batch
+    when it has no batch dimension)."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -192,18 +290,111 @@ def mean_ablation_hooks(heads: list[tuple[int, int]], means: Float[Tensor, "laye
         def hook(z: Tensor, hook) -> Tensor:
             z = z.clone()
             for head in by_layer[layer]:
-                z[:, :, head] = means[layer, head].to(z.device)
+                z[:, :, head] = values[layer, head].to(z.device)
             return z
         return hook
     return [(f"blocks.{layer}.attn.hook_z", make(layer)) for layer in by_layer]
 
 
 @torch.no_grad()
+def head_outputs(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head batch pos d_head"]:
+    """Every head's z on the given equal-length prompts."""
+    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n.endswith("attn.hook_z"))
+    return torch.stack([cache[f"blocks.{l}.attn.hook_z"].permute(2, 0, 1, 3) for l in range(model.cfg.n_layers)]).cpu()
+
+
+def ablation_values(model, clean: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
+    """What an ablated head's z becomes, per kind: zero; its mean at each position over the
+    clean prompts; resample: its z on the clean prompt of another pair (the next one)."""
+    z = head_outputs(model, clean)
+    return {"zero": torch.zeros(*z.shape[:2], 1, 1), "mean": z.mean(2), "resample": z.roll(1, dims=2)}
+
+
 def mean_head_outputs(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head pos d_head"]:
     """Every head's z at each position, averaged over the given equal-length prompts."""
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n.endswith("attn.hook_z"))
-    return torch.stack([cache[f"blocks.{l}.attn.hook_z"].mean(0).transpose(0, 1)
-                        for l in range(model.cfg.n_layers)]).cpu()
+    return head_outputs(model, tokens).mean(2)
+
+
+@torch.no_grad()
+def compute_cases(model, batch: PairBatch, heads: list[tuple[int, int]]
+                  ) -> tuple[Float[Tensor, "batch layer"], Float[Tensor, "batch head"]]:
+    """On the corrupt prompts: the logit lens's LD after each layer (final norm applied to
+    that layer's residual stream), and each head's attention from the final position to
+    the tokens where the corrupt and clean prompts differ."""
+    n_layers = model.cfg.n_layers
+    patterns = {f"blocks.{l}.attn.hook_pattern" for l, _ in heads}
+    names = {f"blocks.{l}.hook_resid_post" for l in range(n_layers)} | patterns
+    _, cache = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
+    resid = torch.stack([cache[f"blocks.{l}.hook_resid_post"][:, -1] for l in range(n_layers)], dim=1)
+    lens = _ld_of_final(model, batch, resid.transpose(0, 1).flatten(0, 1)).reshape(n_layers, -1).T
+    changed = batch.changed.to(model.cfg.device).float()
+    attention = [(cache[f"blocks.{l}.attn.hook_pattern"][:, h, -1] * changed).sum(-1).cpu() for l, h in heads]
+    return lens, torch.stack(attention, dim=1) if heads else torch.zeros(len(batch.corrupt), 0)
+
+
+def _sae_latents(model, sae, hook: str, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos_1 latent"]:
+    """The SAE's latents at `hook` from the second position on (the first is BOS, as in splice)."""
+    captured: dict[str, Tensor] = {}
+
+    def grab(x: Tensor, hook) -> None:
+        captured["latents"] = sae.encode(x[:, 1:])
+
+    model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=[(hook, grab)], stop_at_layer=hook_layer(hook) + 1)
+    return captured["latents"]
+
+
+def compute_latent_attribution(model, sae, hook: str, batch: PairBatch
+                               ) -> tuple[Float[Tensor, "batch latent"], Float[Tensor, "batch latent"]]:
+    """Attribution patching over every SAE latent (spliced in with its error term, so the
+    corrupt run is unchanged): gradient of LD times clean-minus-corrupt latent, summed over
+    positions; and each latent's mean activation on each corrupt prompt."""
+    with torch.no_grad():
+        clean = _sae_latents(model, sae, hook, batch.clean)
+    kept: dict[str, Tensor] = {}
+
+    def track(latents: Tensor) -> Tensor:
+        kept["latents"] = latents.detach().requires_grad_(True)
+        return kept["latents"]
+
+    with torch.enable_grad():
+        ld = logit_diff_at_end(model, batch, hooks=[(hook, splice(sae, edit=track))])
+        (grad,) = torch.autograd.grad(ld.sum(), kept["latents"])
+    corrupt = kept["latents"].detach()
+    return ((clean - corrupt) * grad).sum(1).cpu(), corrupt.mean(1).cpu()
+
+
+@torch.no_grad()
+def edit_latents(model, sae, hook: str, batch: PairBatch, latents: list[int], to: str) -> Float[Tensor, "batch"]:
+    """LD of the corrupt run with the listed latents set, at every position after the
+    first, to zero (`to="zero"`) or to their values in the clean run (`to="clean"`)."""
+    index = torch.tensor(latents, dtype=torch.long, device=model.cfg.device)
+    clean = _sae_latents(model, sae, hook, batch.clean) if to == "clean" else None
+
+    def edit(z: Tensor) -> Tensor:
+        z = z.clone()
+        z[..., index] = 0 if clean is None else clean[..., index]
+        return z
+
+    return logit_diff_at_end(model, batch, hooks=[(hook, splice(sae, edit=edit))])
+
+
+def matched_latent_sets(mean_activation: Float[Tensor, "latent"], chosen: list[int], window: int, draws: int,
+                        seed: int) -> list[list[int]]:
+    """`draws` seeded random sets, one latent per chosen one, each drawn from the latents
+    within `window` ranks of it by mean activation (never a chosen latent, nor a repeat)."""
+    order = mean_activation.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    generator = torch.Generator().manual_seed(seed)
+    sets = []
+    for _ in range(draws):
+        picked: list[int] = []
+        for latent in chosen:
+            r = int(rank[latent])
+            pool = [int(i) for i in order[max(0, r - window): r + window + 1] if int(i) not in chosen + picked]
+            picked.append(pool[int(torch.randint(len(pool), (1,), generator=generator))])
+        sets.append(picked)
+    return sets
 
 
 def random_head_sets(n_layers: int, n_heads: int, size: int, draws: int, seed: int) -> list[list[tuple[int, int]]]:
@@ -241,11 +432,70 @@ class HeadEffect(Schema):
     exact: Estimate  # normalised, patched
 
 
-class Ablation(Schema):
-    heads: list[list[int]]  # [layer, head], mean-ablated together
-    delta_logit_diff: Estimate  # ablated - corrupt, on the same pairs
+ABLATIONS = ("zero", "mean", "resample")
+
+
+class Intervention(Schema):
+    delta_logit_diff: Estimate  # ablated - corrupt, paired on the same prompts
     delta_error_rate: Estimate  # first-token: argmax is the error's first token
-    random_delta_logit_diff: list[float]  # the same for each random draw of as many heads
+
+
+class Ablation(Schema):
+    heads: list[list[int]]  # [layer, head]
+    joint: dict[str, Intervention]  # all heads ablated together, per kind (ABLATIONS)
+    alone: list[Estimate]  # delta LD with each head mean-ablated alone, in `heads` order
+    random_delta_logit_diff: list[float]  # mean ablation of each random draw of as many heads
+    p_value: float  # share of random draws that lower LD at least as much (with the +1 correction)
+
+
+class CircuitNode(Schema):
+    name: str
+    layer: int
+    head: int | None  # None: the layer's MLP
+    effect: Estimate  # normalised exact patching effect, every path
+    direct: Estimate  # normalised, through the final residual stream only
+
+
+class CircuitEdge(Schema):
+    sender: str
+    receiver: str
+    effect: Estimate  # normalised: only the receiver sees the sender's clean output
+
+
+class Circuit(Schema):
+    node_threshold: float
+    max_nodes: int
+    edge_threshold: float
+    nodes: list[CircuitNode]  # in the order of the forward pass
+    edges: list[CircuitEdge]  # every sender -> receiver pair the forward pass allows
+
+
+class Cases(Schema):
+    """The corrupt prompts of every pair, split by the model's greedy answer: the error,
+    or the correct answer (other answers are in neither group)."""
+
+    n_error: int
+    n_right: int
+    lens_error: list[Estimate]  # per layer: the logit lens's LD at the final position
+    lens_right: list[Estimate]
+    heads: list[str]  # the heads ranked by attribution
+    attention_error: list[Estimate]  # per head: attention from the final position to the changed tokens
+    attention_right: list[Estimate]
+
+
+class LatentEffect(Schema):
+    """SAE latents on the error set: attribution over every latent, then the latents that
+    most favour the error (patching them clean lowers LD the most) patched and ablated."""
+
+    sae: str
+    hook: str
+    n_latents: int
+    top: list[int]  # by normalised attribution, largest first
+    attribution: list[float]  # normalised (by the set's mean gap), per top latent
+    mean_activation: list[float]  # on the corrupt prompts, per position, per top latent
+    patched: Estimate  # normalised effect of setting the top latents to their clean values together
+    ablated: Estimate  # LD change when they are zero-ablated together (paired, ablated - corrupt)
+    random_ablated: list[float]  # the same for random latents of matched mean activation, per draw
     p_value: float  # share of random draws that lower LD at least as much (with the +1 correction)
 
 
@@ -271,6 +521,9 @@ class SetResult(Schema):
     rank_agreement_heads: float  # Spearman, attribution vs exact, over top_heads
     rank_agreement_mlp: float  # over every MLP layer
     ablation: Ablation | None  # None when no head passes the threshold
+    circuit: Circuit | None  # None when the patched pairs do not show the error
+    cases: Cases  # wrong against right answers, over every pair
+    latents: list[LatentEffect]  # per SAE; empty when the patched pairs do not show the error
 
 
 class ExamplesResult(Schema):
@@ -341,9 +594,10 @@ def _sites(batch: PairBatch, n_last: int) -> list[Tensor]:
 
 
 def _behaviour(model, side: list[PreparedPrompt], pairs: list[PromptPair], params: Params
-               ) -> tuple[Behaviour, Tensor, Tensor]:
+               ) -> tuple[Behaviour, Tensor, Tensor, Tensor]:
     """The side's Behaviour; per pair its LD (a difference of first-token log-probabilities
-    is one of logits) and whether the greedy answer is the error. One pass per context."""
+    is one of logits), and whether the greedy answer is the error, and whether it is the
+    correct one. One pass per context."""
     ids = [[p.answers[n].token_ids for p in side] for n in ANSWERS]
     scores, greedy, _ = score_and_read(model, [p.tokens for p in side] * 2, ids[0] + ids[1], max_tokens=3)
     p = scores.logprob.exp().reshape(2, len(side))
@@ -355,17 +609,17 @@ def _behaviour(model, side: list[PreparedPrompt], pairs: list[PromptPair], param
         return estimate_mean(values.double(), params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
 
     return Behaviour(error_rate=est(error), wrong_rate=est(wrong), p_error=est(p[0]), p_correct=est(p[1]),
-                     logit_diff=est(ld)), ld, error.bool()
+                     logit_diff=est(ld)), ld, error.bool(), ~wrong.bool()
 
 
 def behaviour_of(model, params: Params, pairs: list[PromptPair], prepared: list[tuple[PreparedPrompt, PreparedPrompt]]
-                 ) -> tuple[dict[str, Behaviour], dict[str, Tensor], Tensor]:
+                 ) -> tuple[dict[str, Behaviour], dict[str, Tensor], Tensor, Tensor]:
     """Per side (corrupt, clean): its Behaviour and its LDs over every pair; and per pair
-    whether the model gives the error after the corrupt context."""
-    results, lds, errs = {}, {}, {}
+    whether the model gives the error after the corrupt context, and whether it is right."""
+    results, lds, errs, rights = {}, {}, {}, {}
     for col, side in enumerate(("corrupt", "clean")):
-        results[side], lds[side], errs[side] = _behaviour(model, [p[col] for p in prepared], pairs, params)
-    return results, lds, errs["corrupt"]
+        results[side], lds[side], errs[side], rights[side] = _behaviour(model, [p[col] for p in prepared], pairs, params)
+    return results, lds, errs["corrupt"], rights["corrupt"]
 
 
 def patched_subset(errs: Tensor, n_patched: int) -> tuple[list[int], str]:
@@ -373,7 +627,7 @@ def patched_subset(errs: Tensor, n_patched: int) -> tuple[list[int], str]:
     there are at least two; else the first n_patched pairs."""
     erring = errs.nonzero()[:, 0].tolist()
     if len(erring) >= 2:
-        return erring[:n_patched], "pairs where the model gives the error"
+        return erring[:n_patched], ERRING
     return list(range(min(n_patched, len(errs)))), "the first pairs (too few errors to patch)"
 
 
@@ -414,15 +668,13 @@ def _gather_parts(groups: list[tuple[list[int], PairBatch]], n: int, parts: list
     return _gather(groups, n, lambda _: next(values))
 
 
-def ablate(model, groups, n: int, heads: list[tuple[int, int]], means: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(LD, first-token error indicator) per corrupt prompt with `heads` mean-ablated
-    together: each head's z set to its mean over the clean prompts of the same length
-    (means[i]: mean_head_outputs of group i's clean prompts)."""
-    per_group = iter(means)
+def ablate(model, groups, n: int, heads: list[tuple[int, int]], values: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """(LD, first-token error indicator) per corrupt prompt with `heads` ablated together:
+    each head's z set to values[i][layer, head] in group i (see ablation_values)."""
+    per_group = iter(values)
 
     def run(batch: PairBatch) -> Tensor:
-        hooks = mean_ablation_hooks(heads, next(per_group))
-        logits = final_logits(model, batch.corrupt, hooks).cpu()
+        logits = final_logits(model, batch.corrupt, replace_head_hooks(heads, next(per_group))).cpu()
         rows = torch.arange(len(logits))
         ld = logits[rows, batch.error_ids] - logits[rows, batch.correct_ids]
         return torch.stack([ld, (logits.argmax(-1) == batch.error_ids).float()], dim=-1)
@@ -451,23 +703,109 @@ def confirm_heads(model, params: Params, groups, n: int, m: Measured, gap: float
 
 
 def ablation_result(model, params: Params, groups, n: int, m: Measured, top: list[HeadEffect]) -> Ablation | None:
+    """The heads passing the threshold ablated together (zero, mean, resample) and each alone
+    (mean); the joint mean ablation against random head sets of the same size."""
     settings, stats = params.patching, params.stats
     chosen = [(h.layer, h.head) for h in top if h.exact.mean >= settings.ablate_threshold]
     if not chosen:
         return None
-    means = [mean_head_outputs(model, batch.clean) for _, batch in groups]
-    ld, err = ablate(model, groups, n, chosen, means)
-    draws = random_head_sets(model.cfg.n_layers, model.cfg.n_heads, len(chosen), settings.random_draws, params.seed)
-    random = [(ablate(model, groups, n, heads, means)[0] - m.ld_corrupt).mean().item() for heads in draws]
-    delta = (ld - m.ld_corrupt).mean().item()
+    values = [ablation_values(model, batch.clean) for _, batch in groups]
+    corrupt_err = _gather(groups, n, lambda b: (final_logits(model, b.corrupt).cpu().argmax(-1) == b.error_ids).float())
 
     def est(values: Tensor) -> Estimate:
         return estimate_mean(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
 
-    corrupt_err = _gather(groups, n, lambda b: (final_logits(model, b.corrupt).cpu().argmax(-1) == b.error_ids).float())
-    return Ablation(heads=[list(h) for h in chosen], delta_logit_diff=est(ld - m.ld_corrupt),
-                    delta_error_rate=est(err - corrupt_err), random_delta_logit_diff=random,
-                    p_value=(1 + sum(r <= delta for r in random)) / (1 + len(random)))
+    def delta(heads: list[tuple[int, int]], kind: str) -> tuple[Tensor, Tensor]:
+        ld, err = ablate(model, groups, n, heads, [v[kind] for v in values])
+        return ld - m.ld_corrupt, err - corrupt_err
+
+    joint = {kind: Intervention(delta_logit_diff=est(d[0]), delta_error_rate=est(d[1]))
+             for kind in ABLATIONS for d in [delta(chosen, kind)]}
+    draws = random_head_sets(model.cfg.n_layers, model.cfg.n_heads, len(chosen), settings.random_draws, params.seed)
+    random = [delta(heads, "mean")[0].mean().item() for heads in draws]
+    observed = joint["mean"].delta_logit_diff.mean
+    return Ablation(heads=[list(h) for h in chosen], joint=joint,
+                    alone=[est(delta([h], "mean")[0]) for h in chosen], random_delta_logit_diff=random,
+                    p_value=(1 + sum(r <= observed for r in random)) / (1 + len(random)))
+
+
+def cases_result(model, params: Params, groups, errs: Tensor, rights: Tensor, top: list[HeadEffect]) -> Cases:
+    """Figure 5's measurements: wrong (the error) against right answers."""
+    stats, heads = params.stats, [(h.layer, h.head) for h in top]
+    both = _gather(groups, len(errs), lambda b: torch.cat(compute_cases(model, b, heads), dim=1))
+    lens, attention = both[:, : model.cfg.n_layers], both[:, model.cfg.n_layers:]
+
+    def per_column(values: Tensor, rows: Tensor) -> list[Estimate]:
+        if rows.sum() < 2:  # no interval from fewer than two prompts
+            return [Estimate(mean=None, low=None, high=None, n=int(rows.sum())) for _ in range(values.shape[1])]
+        return [estimate_mean(values[rows, c].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+                for c in range(values.shape[1])]
+
+    return Cases(n_error=int(errs.sum()), n_right=int(rights.sum()), lens_error=per_column(lens, errs),
+                 lens_right=per_column(lens, rights), heads=[node_name(h) for h in heads],
+                 attention_error=per_column(attention, errs), attention_right=per_column(attention, rights))
+
+
+def latent_result(model, params: Params, name: str, loaded: LoadedSae, groups, n: int, m: Measured,
+                  gap: float) -> LatentEffect:
+    """Attribution over all latents; the top `patching.top_latents` that favour the error
+    patched clean and zero-ablated together, against random latents whose mean activation
+    on the SAE's held-out corpus is of matched rank."""
+    s, stats = params.patching, params.stats
+    sae, hook = loaded.sae, loaded.hook
+    both = _gather(groups, n, lambda b: torch.cat(compute_latent_attribution(model, sae, hook, b), dim=1))
+    d_sae = both.shape[1] // 2
+    attribution, activation = (both[:, :d_sae] / gap).mean(0), both[:, d_sae:].mean(0)
+    top = attribution.argsort(descending=True)[: s.top_latents].tolist()
+
+    def run(latents: list[int], to: str) -> Tensor:
+        return _gather(groups, n, lambda b: edit_latents(model, sae, hook, b, latents, to)) - m.ld_corrupt
+
+    def est(values: Tensor) -> Estimate:
+        return estimate_mean(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+
+    ablated = run(top, "zero")
+    draws = matched_latent_sets(loaded.corpus_activation, top, s.latent_match_window, s.random_draws, params.seed)
+    random = [run(latents, "zero").mean().item() for latents in draws]
+    return LatentEffect(sae=name, hook=hook, n_latents=d_sae, top=top, attribution=attribution[top].tolist(),
+                        mean_activation=activation[top].tolist(), patched=est(run(top, "clean") / gap),
+                        ablated=est(ablated), random_ablated=random,
+                        p_value=(1 + sum(r <= ablated.mean().item() for r in random)) / (1 + len(random)))
+
+
+def circuit_nodes(model, params: Params, top: list[HeadEffect], mlp: list[Estimate]) -> list[tuple[Node, Estimate]]:
+    """Components whose exact effect reaches `circuit_node_threshold` in size with an interval
+    that excludes zero, at most `circuit_max_nodes` (the largest), in forward-pass order."""
+    s = params.patching
+    found = [((h.layer, h.head), h.exact) for h in top] + [((l, None), e) for l, e in enumerate(mlp)]
+    found = [(node, e) for node, e in found if abs(e.mean) >= s.circuit_node_threshold and (e.low > 0 or e.high < 0)]
+    found = sorted(found, key=lambda item: -abs(item[1].mean))[: s.circuit_max_nodes]
+    return sorted(found, key=lambda item: (item[0][0], item[0][1] is None, item[0][1] or 0))
+
+
+def circuit_result(model, params: Params, groups, n: int, m: Measured, gap: float,
+                   nodes: list[tuple[Node, Estimate]]) -> Circuit:
+    """Path patching between the circuit's nodes, and each node's direct effect on the logits."""
+    stats, s = params.stats, params.patching
+    keys = [node for node, _ in nodes]
+
+    def both(batch: PairBatch) -> Tensor:  # (pair, node, 1 + node): direct, then edges
+        direct, edges = compute_path_patching(model, batch, keys)
+        return torch.cat([direct[..., None], edges], dim=-1)
+
+    lds = _gather(groups, n, both)
+    direct, edges = lds[..., 0], lds[..., 1:]
+
+    def est(values: Tensor) -> Estimate:
+        return estimate_mean(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+
+    direct, edges = _normalised(direct, m, gap), _normalised(edges, m, gap)
+    return Circuit(
+        node_threshold=s.circuit_node_threshold, max_nodes=s.circuit_max_nodes, edge_threshold=s.circuit_edge_threshold,
+        nodes=[CircuitNode(name=node_name(node), layer=node[0], head=node[1], effect=effect, direct=est(direct[:, i]))
+               for i, (node, effect) in enumerate(nodes)],
+        edges=[CircuitEdge(sender=node_name(a), receiver=node_name(b), effect=est(edges[:, i, j]))
+               for j, b in enumerate(keys) for i, a in enumerate(keys) if can_reach(a, b)])
 
 
 SETS = {
@@ -483,10 +821,10 @@ def error_set(name: str, params: Params) -> list[PromptPair]:
     return sequence_pairs(s.n_pairs, s.max_operand, s.seed)
 
 
-def analyse_set(model, params: Params, name: str) -> tuple[SetResult, dict[str, Tensor]]:
+def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) -> tuple[SetResult, dict[str, Tensor]]:
     """Behaviour on every pair of the set; patching and ablation on a subset (patched_subset)."""
     all_pairs, all_prepared = prepare_pairs(model, error_set(name, params))
-    behaviour, lds, errs = behaviour_of(model, params, all_pairs, all_prepared)
+    behaviour, lds, errs, rights = behaviour_of(model, params, all_pairs, all_prepared)
     chosen, patched_on = patched_subset(errs, params.patching.n_patched)
     pairs, prepared = [all_pairs[i] for i in chosen], [all_prepared[i] for i in chosen]
     n, groups = len(pairs), batches(prepared)
@@ -495,6 +833,9 @@ def analyse_set(model, params: Params, name: str) -> tuple[SetResult, dict[str, 
     top = confirm_heads(model, params, groups, n, m, gap)
     mlp = _normalised(m.mlp, m, gap)
     stats = params.stats
+    mlp_exact = [estimate_mean(mlp[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+                 for l in range(model.cfg.n_layers)]
+    erring, nodes = patched_on == ERRING, circuit_nodes(model, params, top, mlp_exact)
     first, first_clean = prepared[0]
     sites = ["changed", *(f"{-k}" for k in range(params.patching.last_positions, 0, -1))]
     changed = (first.tokens != first_clean.tokens).nonzero()[:, 0].tolist()
@@ -507,13 +848,16 @@ def analyse_set(model, params: Params, name: str) -> tuple[SetResult, dict[str, 
         site_tokens=["+".join(first.str_tokens[i] for i in changed)] + list(first.str_tokens[-len(sites) + 1:]),
         resid_exact=_normalised(m.resid, m, gap).mean(0).tolist(),
         resid_attribution=(m.resid_attribution / gap).mean(0).tolist(),
-        mlp_exact=[estimate_mean(mlp[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
-                   for l in range(model.cfg.n_layers)],
+        mlp_exact=mlp_exact,
         mlp_attribution=(m.mlp_attribution / gap).mean(0).tolist(),
         head_attribution=(m.head_attribution / gap).mean(0).tolist(), top_heads=top,
         rank_agreement_heads=spearman(torch.tensor([h.attribution for h in top]), torch.tensor([h.exact.mean for h in top])),
         rank_agreement_mlp=spearman((m.mlp_attribution / gap).mean(0), mlp.mean(0)),
         ablation=ablation_result(model, params, groups, n, m, top),
+        circuit=None if not erring or not nodes else circuit_result(model, params, groups, n, m, gap, nodes),
+        cases=cases_result(model, params, batches(all_prepared), errs, rights, top),
+        latents=[] if not erring else [latent_result(model, params, sae_name, sae, groups, n, m, gap)
+                                       for sae_name, sae in saes.items()],
     )
     tensors = {f"{name}/ld_corrupt": m.ld_corrupt, f"{name}/ld_clean": m.ld_clean, f"{name}/resid": m.resid,
                f"{name}/mlp": m.mlp, f"{name}/head_attribution": m.head_attribution}
@@ -535,10 +879,29 @@ def examples_result(model, params: Params) -> ExamplesResult:
                           p=p, greedy=greedy)
 
 
+@dataclass(frozen=True)
+class LoadedSae:
+    sae: object  # a sae_lens SAE
+    hook: str
+    corpus_activation: Float[Tensor, "latent"]  # mean activation on sae_train's held-out corpus
+
+
+def load_saes(model, params: Params, key: str, paths: StagePaths) -> dict[str, LoadedSae]:
+    """The model's SAEs from params (trained ones from sae_train's output), with their stats."""
+    trained = StagePaths(key, SAE_TRAIN, root=paths.root).dir
+    out = {}
+    for name, spec in params.model(key).saes.items():
+        stats = load_tensors(trained / name / "stats.safetensors", {"mean_activation": (spec.d_sae,)})
+        out[name] = LoadedSae(load_sae(key, name, spec, trained, device=model.cfg.device), spec.hook,
+                              stats["mean_activation"])
+    return out
+
+
 def run(model, params: Params, key: str, paths: StagePaths) -> PatchingMetrics:
     results, tensors = {}, {}
+    saes = load_saes(model, params, key, paths)
     for name in SETS:
-        results[name], set_tensors = analyse_set(model, params, name)
+        results[name], set_tensors = analyse_set(model, params, name, saes)
         tensors.update(set_tensors)
     metrics = PatchingMetrics(model=key, n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads,
                               ci_level=params.stats.ci_level, ablate_threshold=params.patching.ablate_threshold,
@@ -571,6 +934,46 @@ def plot_behaviour(metrics: PatchingMetrics):
                    yerr=error_bars(values), capsize=3)
             ax.set_xticks([0, 1], ["corrupt context", "clean context"])
             ax.set_title(f"{name} set (n = {result.n_pairs}): {label}", fontsize=8)
+    return fig
+
+
+def _band(ax, estimates: list[Estimate], color: str, label: str) -> None:
+    kept = [(i, e) for i, e in enumerate(estimates) if e.mean is not None]
+    if not kept:
+        return
+    x = [i for i, _ in kept]
+    ax.plot(x, [e.mean for _, e in kept], color=color, label=label)
+    ax.fill_between(x, [e.low for _, e in kept], [e.high for _, e in kept], color=color, alpha=0.2)
+
+
+@styled
+def plot_cases(metrics: PatchingMetrics):
+    """Figure 5: the corrupt prompts the model answers with the error against those it
+    answers right: the logit lens's LD by layer, and the top heads' attention to the
+    tokens where the corrupt context differs from the clean one."""
+    fig, axes, names = _set_axes(metrics, 2.3, cols=2)
+    for row, name in enumerate(names):
+        cases = metrics.sets[name].cases
+        groups = ((f"error (n = {cases.n_error})", COLORS["misconception"]), (f"right (n = {cases.n_right})", COLORS["correct"]))
+        ax = axes[row, 0]
+        for (label, color), lens in zip(groups, (cases.lens_error, cases.lens_right), strict=True):
+            _band(ax, lens, color, label)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("logit lens: LD")
+        ax.set_title(f"{name} set: logit(error) − logit(correct) by layer", fontsize=8)
+        ax.legend(frameon=False, fontsize=7)
+        ax = axes[row, 1]
+        x = torch.arange(len(cases.heads), dtype=torch.float)
+        for offset, (label, color), attention in zip((-0.2, 0.2), groups, (cases.attention_error, cases.attention_right),
+                                                     strict=True):
+            kept = [(i, e) for i, e in enumerate(attention) if e.mean is not None]
+            if kept:
+                ax.bar([x[i].item() + offset for i, _ in kept], [e.mean for _, e in kept], 0.4, color=color,
+                       yerr=error_bars([e for _, e in kept]), capsize=2, label=label)
+        ax.set_xticks(x.tolist(), cases.heads, rotation=90, fontsize=6)
+        ax.set_ylabel("attention")
+        ax.set_title(f"{name} set: attention to the changed tokens", fontsize=8)
     return fig
 
 
@@ -621,23 +1024,110 @@ def plot_components(metrics: PatchingMetrics):
     return fig
 
 
+def _hbars(ax, labels: list[str], estimates: list[Estimate], colors: list[str]) -> None:
+    y = range(len(labels))
+    ax.errorbar([e.mean for e in estimates], y, xerr=error_bars(estimates), fmt="none", ecolor="black",
+                elinewidth=0.8, capsize=2)
+    ax.scatter([e.mean for e in estimates], y, c=colors, zorder=3, s=18)
+    ax.set_yticks(list(y), labels, fontsize=7)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.invert_yaxis()
+
+
 @styled
 def plot_ablation(metrics: PatchingMetrics):
-    """Figure 4: mean-ablating the heads patching found, against random heads of the same number."""
-    fig, axes, names = _set_axes(metrics, 2.0)
+    """Figure 4: ablating the heads patching found, each alone and together (zero, mean,
+    resample), against the same number of random heads: change in LD and in the error rate."""
+    fig, axes, names = _set_axes(metrics, 2.6, cols=2)
     for row, name in enumerate(names):
-        ax, ablation = axes[row, 0], metrics.sets[name].ablation
+        ablation = metrics.sets[name].ablation
         if ablation is None:
-            ax.set_axis_off()
-            ax.set_title(f"{name} set: no head passes the threshold", fontsize=8)
+            for ax in axes[row]:
+                ax.set_axis_off()
+            axes[row, 0].set_title(f"{name} set: no head passes the threshold", fontsize=8)
             continue
-        ax.hist(ablation.random_delta_logit_diff, bins=12, color=COLORS["control"], label="random heads")
-        d = ablation.delta_logit_diff
-        ax.axvline(d.mean, color=COLORS["misconception"], label="found heads")
-        ax.axvspan(d.low, d.high, color=COLORS["misconception"], alpha=0.2)
+        k = len(ablation.heads)
+        alone = [f"L{l}H{h} alone (mean)" for l, h in ablation.heads]
+        joint = [f"all {k}: {kind}" for kind in ablation.joint]
+        ax = axes[row, 0]
+        _hbars(ax, alone + joint, ablation.alone + [i.delta_logit_diff for i in ablation.joint.values()],
+               [COLORS["accent"]] * k + [COLORS["misconception"]] * len(joint))
+        y = len(alone) + len(joint)
+        ax.scatter(ablation.random_delta_logit_diff, [y] * len(ablation.random_delta_logit_diff), marker="|",
+                   color=COLORS["control"], s=60)
+        ax.set_yticks([*ax.get_yticks(), y], [*(t.get_text() for t in ax.get_yticklabels()), f"{k} random (mean)"],
+                      fontsize=7)
+        ax.set_ylim(y + 0.7, -0.7)
         ax.set_xlabel("change in logit(error) − logit(correct)")
-        ax.set_title(f"{name} set: {len(ablation.heads)} heads mean-ablated (p = {ablation.p_value:.2f})", fontsize=8)
-        ax.legend(frameon=False, fontsize=7)
+        ax.set_title(f"{name} set (n = {metrics.sets[name].n_patched}; p = {ablation.p_value:.2f} against random heads)",
+                     fontsize=8)
+        ax = axes[row, 1]
+        _hbars(ax, joint, [i.delta_error_rate.model_copy(update={f: 100 * getattr(i.delta_error_rate, f)
+                                                                  for f in ("mean", "low", "high")})
+                           for i in ablation.joint.values()], [COLORS["misconception"]] * len(joint))
+        ax.set_xlabel("change in error rate (points)")
+    return fig
+
+
+def _excludes_zero(e: Estimate) -> bool:
+    return e.low > 0 or e.high < 0
+
+
+def drawn_edges(circuit: Circuit) -> list[tuple[str, str, Estimate]]:
+    """Edges of Figure 10: node to node and node to logits (direct effect) whose effect
+    reaches the edge threshold in size with an interval that excludes zero."""
+    edges = [(e.sender, e.receiver, e.effect) for e in circuit.edges]
+    edges += [(node.name, "logits", node.direct) for node in circuit.nodes]
+    return [(a, b, e) for a, b, e in edges if abs(e.mean) >= circuit.edge_threshold and _excludes_zero(e)]
+
+
+ARC = 0.25  # curvature of the circuit's edges
+
+
+def _arc_middle(ax, start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    """The middle of matplotlib's arc3 curve from start to end (it bends in display space)."""
+    (x1, y1), (x2, y2) = ax.transData.transform([start, end])
+    middle = ((x1 + x2) / 2 + ARC / 2 * (y2 - y1), (y1 + y2) / 2 - ARC / 2 * (x2 - x1))
+    return tuple(ax.transData.inverted().transform(middle))
+
+
+@styled
+def plot_circuit(metrics: PatchingMetrics):
+    """Figure 10: the circuit from measured effects. Nodes (forward-pass order, left to right)
+    are the components whose patching effect passes the threshold, labelled with it; edges
+    are path-patching effects, widths proportional to them. Red moves LD towards the
+    error in the corrupt run (patching it clean moves LD towards the correct answer)."""
+    from matplotlib.figure import Figure
+
+    shown = {name: s.circuit for name, s in metrics.sets.items() if s.circuit is not None}
+    fig = Figure(figsize=(6.8, 3.2 * max(1, len(shown))), layout="constrained")
+    axes = fig.subplots(max(1, len(shown)), 1, squeeze=False)[:, 0]
+    for ax, (name, circuit) in zip(axes, shown.items()):
+        ax.set_axis_off()
+        where = {node.name: (i, (i % 3 - 1) * 0.8) for i, node in enumerate(circuit.nodes)}
+        where["logits"] = (len(circuit.nodes), 0.0)
+        ax.set_xlim(-0.7, len(circuit.nodes) + 0.7)
+        ax.set_ylim(-1.5, 1.5)
+        edges = drawn_edges(circuit)
+        widest = max([abs(e.mean) for _, _, e in edges], default=1.0)
+        for a, b, e in edges:
+            color = COLORS["misconception"] if e.mean > 0 else COLORS["correct"]
+            ax.annotate("", xy=where[b], xytext=where[a], zorder=1, arrowprops=dict(
+                arrowstyle="-|>", color=color, alpha=0.7, lw=0.5 + 4 * abs(e.mean) / widest,
+                shrinkA=14, shrinkB=14, connectionstyle=f"arc3,rad={ARC}"))
+            ax.text(*_arc_middle(ax, where[a], where[b]), f"{e.mean:.2f}", fontsize=6, ha="center", va="center",
+                    color=color, bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8))
+        for node in circuit.nodes:
+            color = COLORS["misconception"] if node.effect.mean > 0 else COLORS["correct"]
+            ax.text(*where[node.name], f"{node.name}\n{node.effect.mean:.2f}", ha="center", va="center", fontsize=7,
+                    bbox=dict(boxstyle="round", facecolor="white", edgecolor=color, linewidth=1.5), zorder=3)
+        ax.text(*where["logits"], "logits", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round", facecolor="#eeeeee", edgecolor="black"), zorder=3)
+        ax.set_title(f"{name} set: nodes with |effect| ≥ {circuit.node_threshold:g}, "
+                     f"edges with |effect| ≥ {circuit.edge_threshold:g}", fontsize=8)
+    if not shown:
+        axes[0].set_axis_off()
+        axes[0].set_title("no set's patched pairs show the error: no circuit drawn", fontsize=8)
     return fig
 
 

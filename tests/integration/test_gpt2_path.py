@@ -83,16 +83,27 @@ def test_sae_stages_on_gpt2_shape_with_the_releases_shapes(gpt2_random, tmp_path
     assert metrics.saes["mlp-l9"].features["1076"].neuronpedia_url is None
 
 
-def test_patching_stage_runs_on_gpt2_shape(gpt2_random, tmp_path):
-    from helpers import make_params
+def test_patching_stage_runs_on_gpt2_shape(gpt2_random, tmp_path, monkeypatch):
+    """With random SAEs of the releases' shapes (their stats from sae_train), and the first
+    pairs taken as if the random model erred on them, so that every measurement runs."""
+    from helpers import make_params, random_sae
 
-    from analysis import patching
+    from analysis import patching, sae_train
 
+    stand_ins = {"mlp-l9": random_sae(768, 24576, seed=1), "res-l9": random_sae(768, 24576, seed=2)}
+    for module in (patching, sae_train):
+        monkeypatch.setattr(module, "load_sae", lambda key, name, spec, train_dir, device="cpu": stand_ins[name])
+    monkeypatch.setattr(patching, "patched_subset", lambda errs, n: (list(range(min(n, len(errs)))), patching.ERRING))
     params = make_params(**{"patching.n_pairs": 4, "patching.n_patched": 2, "patching.last_positions": 1,
-                            "patching.top_heads": 2, "patching.random_draws": 2, "stats.bootstrap_resamples": 200})
+                            "patching.top_heads": 2, "patching.random_draws": 2, "stats.bootstrap_resamples": 200,
+                            "sae_train.corpus.prose_windows": 8, "sae_train.corpus.arithmetic_windows": 6})
+    sae_train.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "sae_train", root=tmp_path))
     metrics = patching.run(gpt2_random, params, "gpt2-small", StagePaths("gpt2-small", "patching", root=tmp_path))
     assert (metrics.n_layers, metrics.n_heads) == (12, 12)
     for result in metrics.sets.values():
         assert result.n_pairs == 4 and result.n_patched == 2  # GPT-2 writes each number as one token: none dropped
         assert len(result.head_attribution) == 12 and len(result.head_attribution[0]) == 12
+        assert [(e.sae, e.hook, e.n_latents) for e in result.latents] == [
+            ("mlp-l9", "blocks.9.hook_mlp_out", 24576), ("res-l9", "blocks.9.hook_resid_pre", 24576)]
+        assert all(len(e.top) == 5 and len(e.random_ablated) == 2 for e in result.latents)
     assert metrics.examples.with_examples == params.prompt.canonical

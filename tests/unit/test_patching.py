@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import char_tokenizer, gpt2_tokenizer, make_params, tiny_model
+from helpers import char_tokenizer, gpt2_tokenizer, make_params, random_sae, tiny_model
 
 from analysis import patching
 from analysis.arithmetic import copy_pairs, sequence_pairs
@@ -62,6 +62,84 @@ def test_attribution_equals_exact_patching_where_the_metric_is_linear():
     assert exact.abs().max() > 1e-3
 
 
+def test_ablation_values_zero_mean_and_resample_from_another_pair(model):
+    batch = _batch(model)
+    z = patching.head_outputs(model, batch.clean)  # (layer, head, batch, pos, d_head)
+    values = patching.ablation_values(model, batch.clean)
+    torch.testing.assert_close(values["mean"], z.mean(2))
+    torch.testing.assert_close(values["resample"][:, :, 1:], z[:, :, :-1])
+    torch.testing.assert_close(values["resample"][:, :, 0], z[:, :, -1])
+    assert values["zero"].abs().max() == 0
+    zeroed, _ = patching.ablate(model, [(list(range(len(batch.corrupt))), batch)], len(batch.corrupt), [(1, 2)],
+                                [values["zero"]])
+
+    def zero(z, hook):
+        z = z.clone()
+        z[:, :, 2] = 0
+        return z
+
+    torch.testing.assert_close(zeroed, patching.logit_diff_at_end(model, batch, hooks=[("blocks.1.attn.hook_z", zero)]))
+
+
+def test_latent_attribution_equals_patching_the_latent_where_the_metric_is_linear():
+    """An SAE on the last residual stream of a model without a final norm: LD is linear in
+    each latent, so attribution patching of a latent is exact."""
+    model = tiny_model(n_layers=2, normalization=None, seed=3)
+    batch, hook = _batch(model), "blocks.1.hook_resid_post"
+    sae = random_sae(32, 64, seed=1)
+    attribution, activation = patching.compute_latent_attribution(model, sae, hook, batch)
+    corrupt = patching.logit_diff_at_end(model, batch)
+    latents = attribution[0].abs().argsort(descending=True)[:3].tolist()
+    for latent in latents:
+        exact = patching.edit_latents(model, sae, hook, batch, [latent], "clean") - corrupt
+        torch.testing.assert_close(attribution[:, latent], exact, atol=1e-4, rtol=1e-4)
+    assert attribution[:, latents].abs().max() > 1e-3 and activation.shape == (len(batch.corrupt), 64)
+    # the SAE is spliced in with its error term: editing nothing leaves the run as it was
+    torch.testing.assert_close(patching.edit_latents(model, sae, hook, batch, [], "zero"), corrupt, atol=1e-5, rtol=0)
+
+
+def test_random_latents_match_the_chosen_ones_in_activation_rank():
+    activation = torch.rand(200, generator=torch.Generator().manual_seed(0))
+    chosen = [int(activation.argmax()), int(activation.argsort()[100])]
+    sets = patching.matched_latent_sets(activation, chosen, window=5, draws=10, seed=1)
+    assert sets == patching.matched_latent_sets(activation, chosen, window=5, draws=10, seed=1)
+    assert len({tuple(s) for s in sets}) > 1
+    rank = activation.argsort().argsort()
+    for picked in sets:
+        assert not set(picked) & set(chosen) and len(set(picked)) == 2
+        assert all(abs(int(rank[p]) - int(rank[c])) <= 5 for p, c in zip(picked, chosen, strict=True))
+
+
+def test_path_patching_splits_a_heads_effect_into_its_direct_path_and_its_paths_through_later_heads():
+    """Attention-only, no norm, two layers: the logits are linear in every head's output, so
+    patching a layer-0 head moves LD by its direct effect plus its effect through each
+    layer-1 head, exactly."""
+    model = tiny_model(n_layers=2, normalization=None, seed=5, attn_only=True)
+    with torch.no_grad():  # larger attention weights, so that the paths through layer 1 matter
+        for name, weight in model.named_parameters():
+            if "attn.W" in name:
+                weight.mul_(4)
+    batch = _batch(model)
+    nodes = [(0, 1), (0, 2), *((1, h) for h in range(4))]
+    direct, edges = patching.compute_path_patching(model, batch, nodes)
+    corrupt = patching.logit_diff_at_end(model, batch)
+    total = patching.compute_component_patching(model, batch, nodes[:2]) - corrupt[:, None]
+    through = (edges[:, :2, 2:] - corrupt[:, None, None]).sum(-1)
+    torch.testing.assert_close(total, direct[:, :2] - corrupt[:, None] + through, atol=1e-4, rtol=1e-4)
+    assert through.abs().max() > 1 and (direct[:, :2] - corrupt[:, None]).abs().max() > 0.1
+    # layer-1 heads are last: their whole effect is direct, and they reach no other node
+    torch.testing.assert_close(direct[:, 2:] - corrupt[:, None],
+                               patching.compute_component_patching(model, batch, nodes[2:]) - corrupt[:, None])
+    assert edges[:, 2:].isnan().all() and edges[:, :, :2].isnan().all() and not edges[:, :2, 2:].isnan().any()
+
+
+def test_which_nodes_can_reach_which():
+    assert patching.can_reach((3, 0), (3, None))  # a head writes before its layer's MLP reads
+    assert not patching.can_reach((3, 0), (3, 1))
+    assert patching.can_reach((3, None), (4, 2)) and not patching.can_reach((3, None), (3, None))
+    assert not patching.can_reach((4, 0), (3, None))
+
+
 def test_mean_ablation_over_one_prompt_equals_patching_that_prompt(model):
     batch = _batch(model)
     one = PairBatch(batch.corrupt[:1], batch.clean[:1], batch.error_ids[:1], batch.correct_ids[:1])
@@ -118,7 +196,7 @@ def test_random_control_draws_are_seeded_and_distinct():
 
 def test_behaviour_reads_the_logit_difference_from_the_scoring_pass(model):
     pairs, prepared = patching.prepare_pairs(model, copy_pairs(6, 3, 9, seed=0))
-    _, lds, _ = patching.behaviour_of(model, make_params(**{"stats.bootstrap_resamples": 100}), pairs, prepared)
+    _, lds, _, _ = patching.behaviour_of(model, make_params(**{"stats.bootstrap_resamples": 100}), pairs, prepared)
     for idx, batch in patching.batches(prepared):
         torch.testing.assert_close(lds["corrupt"][idx], patching.logit_diff_at_end(model, batch), atol=1e-4, rtol=0)
 
@@ -134,8 +212,13 @@ def test_spearman():
     assert patching.spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1)
 
 
-def test_stage_on_a_tiny_model(model, tmp_path):
+def test_stage_on_a_tiny_model(model, tmp_path, monkeypatch):
     from analysis.artifacts import StagePaths
+
+    sae = patching.LoadedSae(random_sae(32, 64), "blocks.1.hook_resid_pre", torch.rand(64))
+    monkeypatch.setattr(patching, "load_saes", lambda *args: {"tiny": sae})
+    # a random model rarely errs: take the first pairs as if it did, so every measurement runs
+    monkeypatch.setattr(patching, "patched_subset", lambda errs, n: (list(range(min(n, len(errs)))), patching.ERRING))
 
     params = make_params(**{"patching.n_pairs": 8, "patching.n_patched": 6, "patching.random_draws": 3, "patching.top_heads": 4,
                             "patching.last_positions": 2, "stats.bootstrap_resamples": 200})
@@ -148,3 +231,23 @@ def test_stage_on_a_tiny_model(model, tmp_path):
         exact = torch.tensor(result.resid_exact)
         assert exact[0, 0].item() == pytest.approx(1.0, abs=1e-4)  # layer 0, every changed token: the clean run
         assert len(result.top_heads) == 4 and -1 <= result.rank_agreement_mlp <= 1
+        cases = result.cases
+        assert cases.n_error + cases.n_right <= result.n_pairs and len(cases.lens_right) == 3
+        assert len(cases.heads) == 4 == len(cases.attention_right)
+        if cases.n_right >= 2:
+            assert all(0 <= e.low <= e.mean <= e.high <= 1 for e in cases.attention_right)
+        (latents,) = result.latents
+        assert len(latents.top) == 5 and latents.attribution == sorted(latents.attribution, reverse=True)
+        assert len(latents.random_ablated) == 3 and 1 / 4 <= latents.p_value <= 1
+        circuit = result.circuit
+        assert circuit is None or all(patching.can_reach(*(_node(e.sender), _node(e.receiver))) for e in circuit.edges)
+        if result.ablation is not None:
+            assert set(result.ablation.joint) == {"zero", "mean", "resample"}
+            assert len(result.ablation.alone) == len(result.ablation.heads)
+
+
+def _node(name: str) -> tuple[int, int | None]:
+    if name.startswith("MLP"):
+        return int(name[3:]), None
+    layer, head = name[1:].split("H")
+    return int(layer), int(head)
