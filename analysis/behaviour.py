@@ -14,7 +14,8 @@ Per prompt: the model's answer (greedy decoding, read as a number), whether it i
 and the error probability 1 - P(exactly the right number) from whole-answer scoring.
 Wrong answers are classified, not exclusively: a copy of an answer in the context, the
 continuation of the context answers' arithmetic sequence (the study's explanation, "2, 4,
-then 6"), an operand, off by one, or none of these. Each class rate comes with the rate a
+then 6"), an operand, the last operand plus one (5 + 5 = 6), off by one, or none of these.
+The most frequent wrong answers are counted, per condition. Each class rate comes with the rate a
 uniformly random wrong number in 0..2*max_operand would have.
 
 Frequency bias: the probability of each number as a whole answer after neutral contexts
@@ -30,7 +31,7 @@ import random
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
@@ -44,7 +45,7 @@ from analysis.stats import Estimate, cluster_bootstrap
 
 STAGE = "behaviour"
 CONDITIONS = ("zero_shot", "few_shot", "study_context")
-CLASSES = ("copy", "sequence", "operand", "off_by_one", "other")
+CLASSES = ("copy", "sequence", "operand", "last_operand_plus_one", "off_by_one", "other")
 DIGITS = {f"digit_{d}": f" {d}" for d in range(10)}  # fixes where every numeric answer starts
 
 
@@ -86,6 +87,7 @@ def classify(answer: int | None, prompt: ArithmeticPrompt) -> dict[str, bool]:
             "copy": answer in prompt.shot_answers,
             "sequence": answer == sequence_next(prompt.shot_answers),
             "operand": answer in prompt.query,
+            "last_operand_plus_one": answer == prompt.query[-1] + 1,  # 5 + 5 = 6
             "off_by_one": abs(answer - prompt.answer) == 1,
         }
     labels["other"] = not any(labels.values())
@@ -165,6 +167,7 @@ class ConditionResult(Schema):
     n_wrong: int
     n_non_numeric: int
     classes: dict[str, Estimate]  # rate among wrong answers, per class (not exclusive)
+    frequent_wrong: list[list[int]]  # [answer, count]: the most frequent wrong numeric answers, at most five
     chance: dict[str, float]  # the same rates for uniformly random wrong answers
     items: dict[str, Item]  # the study's examples: "5 + 5", "9 + 9"
 
@@ -194,6 +197,14 @@ def _estimate(values: Tensor, mask: Tensor | None, params: Params) -> Estimate:
     mean, low, high, n = cluster_bootstrap(values, mask, params.stats.bootstrap_resamples, params.seed,
                                            params.stats.ci_level)
     return Estimate(mean=mean, low=low, high=high, n=n)
+
+
+def frequent_wrong(answers: Int[Tensor, "context pair"], wrong: Bool[Tensor, "context pair"], top: int = 5
+                   ) -> list[list[int]]:
+    """The most frequent wrong numeric answers with their counts (ties: the smaller number first)."""
+    values, counts = answers[wrong & (answers >= 0)].unique(return_counts=True)
+    order = sorted(zip(counts.tolist(), values.tolist(), strict=True), key=lambda cv: (-cv[0], cv[1]))[:top]
+    return [[value, count] for count, value in order]
 
 
 def summarize_condition(data: ConditionData, description: str, params: Params) -> ConditionResult:
@@ -227,6 +238,7 @@ def summarize_condition(data: ConditionData, description: str, params: Params) -
         accuracy={k: _estimate(correct, m, params) for k, m in splits.items()},
         error_prob={k: _estimate(1 - data.p_correct.double(), m, params) for k, m in splits.items()},
         n_wrong=n_wrong, n_non_numeric=int(((data.answers < 0) & wrong).sum()),
+        frequent_wrong=frequent_wrong(data.answers, wrong),
         classes={name: _estimate(values, wrong, params) for name, values in labels.items()},
         chance={name: total / max(n_wrong, 1) for name, total in chance.items()},
         items=items,

@@ -13,7 +13,7 @@ CANONICAL = parse_arithmetic("1 + 1 = 2. 2 + 2 = 4. 5 + 5 =")
 
 
 @pytest.mark.parametrize(("answer", "expected"), [
-    (6, {"sequence"}),  # 2, 4, then 6: the study's explanation
+    (6, {"sequence", "last_operand_plus_one"}),  # 2, 4, then 6: the study's explanation; and 5 + 1
     (4, {"copy"}),
     (2, {"copy"}),
     (5, {"operand"}),
@@ -32,14 +32,23 @@ def test_classes_can_overlap_and_zero_shot_has_no_sequence():
     assert {k for k, v in behaviour.classify(8, prompt).items() if v} == {"copy", "off_by_one"}
     zero = ArithmeticPrompt((), (5, 5))
     assert behaviour.sequence_next(zero.shot_answers) is None
-    assert behaviour.classify(6, zero) == {"copy": False, "sequence": False, "operand": False,
-                                           "off_by_one": False, "other": True}
+    assert behaviour.classify(7, zero) == {"copy": False, "sequence": False, "operand": False,
+                                           "last_operand_plus_one": False, "off_by_one": False, "other": True}
+    # the study's error, 5 + 5 = 6, is the last operand plus one
+    assert {k for k, v in behaviour.classify(6, zero).items() if v} == {"last_operand_plus_one"}
 
 
 def test_chance_rates_count_the_other_numbers():
     rates = behaviour.chance_rates(CANONICAL, max_answer=18)  # 18 wrong numbers: 0..18 without 10
     assert rates == pytest.approx({"copy": 2 / 18, "sequence": 1 / 18, "operand": 1 / 18,
-                                   "off_by_one": 2 / 18, "other": 12 / 18})
+                                   "last_operand_plus_one": 1 / 18, "off_by_one": 2 / 18, "other": 12 / 18})
+
+
+def test_the_most_frequent_wrong_answers_are_counted():
+    answers = torch.tensor([[10, 6, 6, -1], [11, 6, 11, -1]])
+    wrong = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    assert behaviour.frequent_wrong(answers, wrong) == [[6, 3], [11, 2]]  # -1: not a number, left out
+    assert behaviour.frequent_wrong(answers, wrong, top=1) == [[6, 3]]
 
 
 def test_every_pair_is_covered_exactly_once_per_context():
