@@ -88,10 +88,15 @@ def logit_diff_at_end(model, batch: PairBatch, resid: Tensor | None = None, star
     inputs = batch.corrupt.to(model.cfg.device) if resid is None else resid
     with model.hooks(fwd_hooks=hooks or []):
         out = model(inputs, start_at_layer=None if resid is None else start, stop_at_layer=model.cfg.n_layers)
-    last = out[:, -1:]
+    return _ld_of_final(model, batch, out[:, -1])
+
+
+def _ld_of_final(model, batch: PairBatch, last: Float[Tensor, "copies_batch d_model"]) -> Float[Tensor, "copies_batch"]:
+    """LD from the final residual stream at the last position (final norm, then unembedding);
+    `last` may hold several copies of the batch, one after another."""
+    last = last[:, None]
     logits = model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0].cpu()
-    copies = len(logits) // len(batch.error_ids)
-    rows = torch.arange(len(logits))
+    copies, rows = len(logits) // len(batch.error_ids), torch.arange(len(logits))
     return logits[rows, batch.error_ids.repeat(copies)] - logits[rows, batch.correct_ids.repeat(copies)]
 
 
@@ -210,24 +215,14 @@ def can_reach(sender: Node, receiver: Node) -> bool:
     return write <= read
 
 
-@torch.no_grad()
-def node_outputs(model, tokens: Int[Tensor, "batch pos"], nodes: list[Node]) -> Float[Tensor, "node batch d_model"]:
-    """What each node adds to the residual stream at the final position (a head: z @ W_O)."""
-    names = {_component_name(layer, head) for layer, head in nodes}
-    _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in names)
+def node_outputs(model, cache, nodes: list[Node]) -> Float[Tensor, "node batch d_model"]:
+    """What each node adds to the residual stream at the final position (a head: z @ W_O),
+    from a cache holding each node's hook_z or hook_mlp_out."""
     out = []
     for layer, head in nodes:
         act = cache[_component_name(layer, head)][:, -1]
         out.append(act if head is None else act[:, head] @ model.W_O[layer, head])
     return torch.stack(out)
-
-
-def _ld_of_final(model, batch: PairBatch, last: Float[Tensor, "copies_batch d_model"]) -> Float[Tensor, "copies_batch"]:
-    """LD from the final residual stream at the last position (final norm, then unembedding)."""
-    last = last[:, None]
-    logits = model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0].cpu()
-    copies, rows = len(logits) // len(batch.error_ids), torch.arange(len(logits))
-    return logits[rows, batch.error_ids.repeat(copies)] - logits[rows, batch.correct_ids.repeat(copies)]
 
 
 @torch.no_grad()
@@ -259,10 +254,12 @@ def compute_path_patching(model, batch: PairBatch, nodes: list[Node]
     Edge sender -> receiver: the receiver's output recomputed with only the sender's
     difference added to its input, then patched into the corrupt run from the receiver's
     layer on. NaN where the sender cannot reach the receiver. Returns LDs."""
-    delta = node_outputs(model, batch.clean, nodes) - node_outputs(model, batch.corrupt, nodes)
     n_layers = model.cfg.n_layers
-    names = {f"blocks.{l}.hook_resid_pre" for l, _ in nodes} | {f"blocks.{n_layers - 1}.hook_resid_post"}
+    outputs = {_component_name(layer, head) for layer, head in nodes}
+    names = outputs | {f"blocks.{l}.hook_resid_pre" for l, _ in nodes} | {f"blocks.{n_layers - 1}.hook_resid_post"}
+    _, clean = model.run_with_cache(batch.clean.to(model.cfg.device), names_filter=lambda n: n in outputs)
     _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
+    delta = node_outputs(model, clean, nodes) - node_outputs(model, corrupt, nodes)
     final = corrupt[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1]
     direct = _ld_of_final(model, batch, (final[None] + delta).flatten(0, 1)).reshape(len(nodes), -1).T
     edges = torch.full((len(batch.corrupt), len(nodes), len(nodes)), float("nan"))
@@ -308,11 +305,6 @@ def ablation_values(model, clean: Int[Tensor, "batch pos"]) -> dict[str, Tensor]
     clean prompts; resample: its z on the clean prompt of another pair (the next one)."""
     z = head_outputs(model, clean)
     return {"zero": torch.zeros(*z.shape[:2], 1, 1), "mean": z.mean(2), "resample": z.roll(1, dims=2)}
-
-
-def mean_head_outputs(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head pos d_head"]:
-    """Every head's z at each position, averaged over the given equal-length prompts."""
-    return head_outputs(model, tokens).mean(2)
 
 
 @torch.no_grad()
@@ -773,12 +765,12 @@ def latent_result(model, params: Params, name: str, loaded: LoadedSae, groups, n
                         p_value=(1 + sum(r <= ablated.mean().item() for r in random)) / (1 + len(random)))
 
 
-def circuit_nodes(model, params: Params, top: list[HeadEffect], mlp: list[Estimate]) -> list[tuple[Node, Estimate]]:
+def circuit_nodes(params: Params, top: list[HeadEffect], mlp: list[Estimate]) -> list[tuple[Node, Estimate]]:
     """Components whose exact effect reaches `circuit_node_threshold` in size with an interval
     that excludes zero, at most `circuit_max_nodes` (the largest), in forward-pass order."""
     s = params.patching
     found = [((h.layer, h.head), h.exact) for h in top] + [((l, None), e) for l, e in enumerate(mlp)]
-    found = [(node, e) for node, e in found if abs(e.mean) >= s.circuit_node_threshold and (e.low > 0 or e.high < 0)]
+    found = [(node, e) for node, e in found if abs(e.mean) >= s.circuit_node_threshold and _excludes_zero(e)]
     found = sorted(found, key=lambda item: -abs(item[1].mean))[: s.circuit_max_nodes]
     return sorted(found, key=lambda item: (item[0][0], item[0][1] is None, item[0][1] or 0))
 
@@ -835,7 +827,7 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
     stats = params.stats
     mlp_exact = [estimate_mean(mlp[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
                  for l in range(model.cfg.n_layers)]
-    erring, nodes = patched_on == ERRING, circuit_nodes(model, params, top, mlp_exact)
+    erring, nodes = patched_on == ERRING, circuit_nodes(params, top, mlp_exact)
     first, first_clean = prepared[0]
     sites = ["changed", *(f"{-k}" for k in range(params.patching.last_positions, 0, -1))]
     changed = (first.tokens != first_clean.tokens).nonzero()[:, 0].tolist()

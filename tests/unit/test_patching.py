@@ -144,7 +144,7 @@ def test_mean_ablation_over_one_prompt_equals_patching_that_prompt(model):
     batch = _batch(model)
     one = PairBatch(batch.corrupt[:1], batch.clean[:1], batch.error_ids[:1], batch.correct_ids[:1])
     heads = [(0, 1), (2, 3)]
-    ld, _ = patching.ablate(model, [([0], one)], 1, heads, [patching.mean_head_outputs(model, one.clean)])
+    ld, _ = patching.ablate(model, [([0], one)], 1, heads, [patching.ablation_values(model, one.clean)["mean"]])
     _, clean = model.run_with_cache(one.clean, names_filter=lambda n: n.endswith("attn.hook_z"))
 
     def patch(layer: int, head: int):
