@@ -35,7 +35,7 @@ from analysis.params import ModelParams, Params
 # Set by the paper build: the paper renders cached artifacts and must never load a model.
 FORBID_ENV = "ARITH_FORBID_MODEL_LOAD"
 # Bump when the conversion below changes, so stale cached weights are not reused.
-CONVERSION_VERSION = "1"
+CONVERSION_VERSION = "2"  # 2: the cache holds the processed (folded, centred) weights
 
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
@@ -65,7 +65,23 @@ def load_model(key: str, params: Params, device: str | None = None):
         model = load_gguf_wheel_model(key, spec, device)
     model.eval()
     check_shape(key, model, spec)
+    store_transposed(model)
     return model
+
+
+def store_transposed(model) -> None:
+    """TransformerLens multiplies by `W.T.contiguous()` in the unembedding and gated MLPs,
+    copying each of those matrices on every forward pass (the unembedding: d_model x vocab).
+    Store them transposed in memory instead (the same values and shape), so that the copy is
+    a no-op and the product sees the same memory layout, hence the same bits."""
+    from transformer_lens.components import Unembed
+    from transformer_lens.components.mlps.gated_mlp import GatedMLP
+
+    for module in model.modules():
+        names = ("W_U",) if isinstance(module, Unembed) else ("W_gate", "W_in", "W_out") if isinstance(module, GatedMLP) else ()
+        for name in names:
+            weight = getattr(module, name)
+            weight.data = weight.data.T.contiguous().T
 
 
 def check_shape(key: str, model, spec: ModelParams) -> None:
@@ -145,8 +161,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def hooked_config_from_llama(hf_config, spec: ModelParams, device: str):
-    """A HookedTransformerConfig for a Llama-architecture transformers config."""
+def hooked_config_from_llama(hf_config, spec: ModelParams, device: str, folded: bool = False):
+    """A HookedTransformerConfig for a Llama-architecture transformers config; `folded`: for
+    weights already processed by load_and_process_state_dict (norm weights folded in)."""
     from transformer_lens import HookedTransformerConfig
 
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
@@ -166,7 +183,7 @@ def hooked_config_from_llama(hf_config, spec: ModelParams, device: str):
         eps=hf_config.rms_norm_eps,
         d_vocab=hf_config.vocab_size,
         act_fn=hf_config.hidden_act,
-        normalization_type="RMS",
+        normalization_type="RMSPre" if folded else "RMS",
         positional_embedding_type="rotary",
         rotary_adjacent_pairs=False,
         rotary_dim=head_dim,
@@ -196,6 +213,10 @@ def _cache_key(path: Path) -> str:
 
 
 def load_gguf_wheel_model(key: str, spec: ModelParams, device: str, use_cache: bool = True):
+    """The model from the GGUF file, its weights processed as from_pretrained does (norms
+    folded, writing weights and unembedding centred, value biases folded). The processed
+    weights are cached: TransformerLens loads them one tensor at a time, walking every
+    module for each, which costs more than the forward passes of a small stage."""
     from safetensors.torch import load_file, save
     from transformer_lens import HookedTransformer
     from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
@@ -204,23 +225,24 @@ def load_gguf_wheel_model(key: str, spec: ModelParams, device: str, use_cache: b
     path = gguf_path(spec)
     cached = cache_dir() / "models" / f"{key}-{_cache_key(path)}"
     if use_cache and (cached / "weights.safetensors").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(cached)
-        hf_config = AutoConfig.from_pretrained(cached)
-        state_dict = load_file(cached / "weights.safetensors")
-    else:
-        hf_model, tokenizer = load_gguf_hf(spec)
-        hf_config = hf_model.config
-        cfg = hooked_config_from_llama(hf_config, spec, "cpu")
-        state_dict = {k: v.detach().clone().contiguous() for k, v in convert_llama_weights(hf_model, cfg).items()}
-        del hf_model
-        if use_cache:
-            cached.mkdir(parents=True, exist_ok=True)
-            tokenizer.save_pretrained(cached)
-            hf_config.save_pretrained(cached)
-            atomic_write_bytes(cached / "weights.safetensors", save(state_dict))
-    cfg = hooked_config_from_llama(hf_config, spec, device)
+        tokenizer, hf_config = AutoTokenizer.from_pretrained(cached), AutoConfig.from_pretrained(cached)
+        model = HookedTransformer(hooked_config_from_llama(hf_config, spec, "cpu", folded=True), tokenizer=tokenizer,
+                                  move_to_device=False)
+        model.load_state_dict(load_file(cached / "weights.safetensors"), strict=True)
+        return model.to(device)
+    hf_model, tokenizer = load_gguf_hf(spec)
+    hf_config = hf_model.config
+    cfg = hooked_config_from_llama(hf_config, spec, "cpu")
+    state_dict = {k: v.detach().clone().contiguous() for k, v in convert_llama_weights(hf_model, cfg).items()}
+    del hf_model
     model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict, fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True
     )
+    if use_cache:
+        cached.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(cached)
+        hf_config.save_pretrained(cached)
+        processed = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        atomic_write_bytes(cached / "weights.safetensors", save(processed))
     return model.to(device)

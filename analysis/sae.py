@@ -118,7 +118,7 @@ def direct_logit_effects(model, directions: Float[Tensor, "feature d_model"], sc
     directions = directions.to(model.cfg.device)
     if model.cfg.normalization_type in ("LN", "LNPre"):
         directions = directions - directions.mean(-1, keepdim=True)
-    return ((directions / scale) @ model.W_U).cpu()
+    return ((directions / scale) @ model.W_U.contiguous()).cpu()  # row-major, whatever its storage (store_transposed)
 
 
 def ablated_probs(model, sae, hook: str, prepared: list[PreparedPrompt], answer_names: tuple[str, str],

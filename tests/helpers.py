@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from analysis.models import store_transposed
 from analysis.params import Params, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,20 @@ def tiny_model(tokenizer=None, n_layers: int = 2, d_model: int = 32, n_heads: in
     return model.eval()
 
 
+def rotary_model(n_layers: int = 3, seed: int = 0):
+    """A random model built like SmolLM2 (rotary positions, grouped keys and values, RMS
+    norm, gated MLP), small enough for unit tests."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tokenizer = char_tokenizer()
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=32, n_heads=4, d_head=8, n_key_value_heads=2, d_mlp=64, act_fn="silu",
+        gated_mlp=True, normalization_type="RMS", final_rms=True, positional_embedding_type="rotary",
+        rotary_dim=8, n_ctx=128, d_vocab=len(tokenizer), default_prepend_bos=True, seed=seed, device="cpu",
+    )
+    return HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False).eval()
+
+
 def gpt2_tokenizer():
     """GPT-2's real tokenizer, from the test data in this repository."""
     from tokenizers import ByteLevelBPETokenizer
@@ -106,6 +121,7 @@ def random_gpt2_small():
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.load_and_process_state_dict(state, fold_ln=True, center_writing_weights=True,
                                       center_unembed=True, fold_value_biases=True)
+    store_transposed(model)  # as load_model does
     return model.eval()
 
 

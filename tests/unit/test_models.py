@@ -5,6 +5,7 @@ import sys
 import time
 
 import pytest
+import torch
 from helpers import REPO, tiny_model
 
 from analysis.models import FORBID_ENV, ModelUnavailableError, check_shape, load_model
@@ -68,3 +69,19 @@ def test_a_pretrained_sae_without_the_hub_fails_fast(no_hub, params, tmp_path):
     with pytest.raises(ModelUnavailableError, match="gpt2-small-res-jb/blocks.9.hook_resid_pre"):
         load_sae("gpt2-small", "res-l9", spec, tmp_path)
     assert time.monotonic() - start < 30
+
+
+def test_weights_stored_transposed_give_the_same_bits_without_a_copy_per_forward_pass():
+    from helpers import rotary_model
+
+    from analysis.models import store_transposed
+
+    model = rotary_model()
+    tokens = torch.randint(model.cfg.d_vocab, (3, 11))
+    with torch.no_grad():
+        before = model(tokens)
+        store_transposed(model)
+        after = model(tokens)
+    weights = [model.unembed.W_U, *(w for b in model.blocks for w in (b.mlp.W_gate, b.mlp.W_in, b.mlp.W_out))]
+    assert all(w.T.is_contiguous() and w.T.contiguous().data_ptr() == w.data_ptr() for w in weights)
+    assert torch.equal(before, after)
