@@ -20,6 +20,7 @@ from analysis.artifacts import StagePaths, reads
 from analysis.models import ModelUnavailableError, load_model
 from analysis.params import OUTPUTS, output_path, parse_model_arg, stages
 from analysis.pipeline import declared_reads, undeclared_reads
+from analysis.timing import timed
 
 
 def seed_everything(seed: int) -> None:
@@ -46,10 +47,12 @@ def run_stage(stage: str, run: Callable[..., Any], argv: list[str] | None = None
     key, params = parse_model_arg(stage, argv)
     seed_everything(params.seed)
     try:
-        model = load_model(key, params)
+        with timed(f"{stage}: model loaded"):
+            model = load_model(key, params)
     except ModelUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
     paths = StagePaths(key, stage)
-    run(model, params, key, paths)
+    with timed(f"{stage}: done"):
+        run(model, params, key, paths)
     check_reads(stage, key, paths)
