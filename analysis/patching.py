@@ -18,11 +18,16 @@ final position (first distinguishing tokens). Patching runs the corrupt prompt w
 activation taken from the clean run; its effect is normalised by the set's mean gap,
 (LD_patched - LD_corrupt) / mean(LD_clean - LD_corrupt): 0 is the corrupt run, and 1
 means that patching this one activation moves LD as far as the whole clean context does.
+The reverse (noising) puts the corrupt activation into the clean run, normalised so that 0
+is the clean run and 1 the corrupt one: denoising asks what suffices to restore the right
+answer, noising what the error needs.
 Intervals: percentile bootstrap over pairs (each pair has its own context); the set's
 mean gap is held fixed. Patched sites:
 - the residual stream before each layer, at the positions where the two prompts differ
   (together) and at each of the last positions (`start_at_layer`: only layers >= L run);
 - every MLP layer's output and every head's output (`hook_z`) at the final position.
+A change at the last positions only never reaches earlier ones (attention is causal), so
+those patches run only the last positions, on the keys and values of the rest (prefix_kv).
 Attribution patching estimates all of these from one forward and backward pass per run
 (gradient of LD times the clean-minus-corrupt activation); the heads it ranks highest
 are then patched exactly, and the rank agreement of the two is reported.
@@ -42,7 +47,7 @@ sender -> receiver edge and each node's direct effect on the logits (compute_pat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -55,9 +60,10 @@ from analysis.plotting import COLORS, error_bars, styled
 from analysis.prompts import PreparedPrompt, equal_length_batches, prepare_prompt
 from analysis.saes import STAGE as SAE_TRAIN
 from analysis.saes import load_sae, splice
-from analysis.scoring import final_logits, score_and_read
+from analysis.scoring import greedy_under_hooks, read_number, score_and_read
 from analysis.stage import run_stage
-from analysis.stats import Estimate, estimate_mean
+from analysis.stats import Estimate, PairedEstimate, estimate_mean, paired_estimate
+from analysis.timing import timed
 
 STAGE = "patching"
 ANSWERS = ("error", "correct")
@@ -75,29 +81,74 @@ class PairBatch:
     error_ids: Int[Tensor, "batch"]
     correct_ids: Int[Tensor, "batch"]
 
+    _resid: dict = field(default_factory=dict, compare=False, repr=False)
+
     @property
     def changed(self) -> Bool[Tensor, "batch pos"]:
         return self.corrupt != self.clean
 
+    @torch.no_grad()
+    def resid_pre(self, model, layer: int) -> Float[Tensor, "batch pos d_model"]:
+        """The corrupt run's residual stream entering `layer` (every layer cached at first use),
+        so that an intervention at layer L runs only layers L.. again."""
+        if not self._resid:
+            names = _resid_names(model)
+            _, cache = model.run_with_cache(self.corrupt.to(model.cfg.device), names_filter=lambda n: n in names,
+                                            stop_at_layer=model.cfg.n_layers)
+            self._resid.update((l, cache[name]) for l, name in enumerate(names))
+        return self._resid[layer]
+
 
 def logit_diff_at_end(model, batch: PairBatch, resid: Tensor | None = None, start: int = 0,
-                      hooks: list | None = None) -> Float[Tensor, "batch"]:
+                      hooks: list | None = None, prefix=None) -> Float[Tensor, "batch"]:
     """LD at the final position of the corrupt prompts, or of the residual stream `resid`
     entering block `start` (only blocks start.. run). `resid` may hold several copies of
-    the batch, one after another: their LDs come back in the same order."""
+    the batch, one after another: their LDs come back in the same order. With `prefix`
+    (prefix_kv), `resid` holds only the last positions and attends to the cached ones."""
     inputs = batch.corrupt.to(model.cfg.device) if resid is None else resid
     with model.hooks(fwd_hooks=hooks or []):
-        out = model(inputs, start_at_layer=None if resid is None else start, stop_at_layer=model.cfg.n_layers)
+        out = model(inputs, start_at_layer=None if resid is None else start, stop_at_layer=model.cfg.n_layers,
+                    past_kv_cache=prefix)
     return _ld_of_final(model, batch, out[:, -1])
+
+
+@torch.no_grad()
+def prefix_kv(model, tokens: Int[Tensor, "batch pos"], keep: int):
+    """Every layer's keys and values for all but the last `keep` positions of `tokens`,
+    frozen. Attention is causal, so a change made only at the last positions never reaches
+    the earlier ones: running just those positions on top of this cache gives what the
+    whole run gives there, at a fraction of the cost."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
+    prefix = tokens[:, :-keep].to(model.cfg.device)
+    # no padding anywhere: say so, or pad ids (often BOS) would be guessed and masked
+    model(prefix, past_kv_cache=cache, attention_mask=torch.ones_like(prefix), return_type=None)
+    cache.freeze()
+    return cache
+
+
+def stack_kv(caches: list):
+    """prefix_kv caches of equal length, one after another along the batch, frozen."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+    entries = [TransformerLensKeyValueCacheEntry(torch.cat([c.entries[l].past_keys for c in caches]),
+                                                 torch.cat([c.entries[l].past_values for c in caches]), frozen=True)
+               for l in range(len(caches[0].entries))]
+    return TransformerLensKeyValueCache(entries, torch.cat([c.previous_attention_mask for c in caches]), frozen=True)
 
 
 def _ld_of_final(model, batch: PairBatch, last: Float[Tensor, "copies_batch d_model"]) -> Float[Tensor, "copies_batch"]:
     """LD from the final residual stream at the last position (final norm, then unembedding);
     `last` may hold several copies of the batch, one after another."""
-    last = last[:, None]
-    logits = model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0].cpu()
+    logits = _logits_of_final(model, last)
     copies, rows = len(logits) // len(batch.error_ids), torch.arange(len(logits))
     return logits[rows, batch.error_ids.repeat(copies)] - logits[rows, batch.correct_ids.repeat(copies)]
+
+
+def _logits_of_final(model, last: Float[Tensor, "rows d_model"]) -> Float[Tensor, "rows vocab"]:
+    last = last[:, None]
+    return model.unembed(model.ln_final(last) if model.cfg.normalization_type else last)[:, 0].cpu()
 
 
 def _resid_names(model) -> list[str]:
@@ -106,18 +157,33 @@ def _resid_names(model) -> list[str]:
 
 @torch.no_grad()
 def compute_resid_patching(model, batch: PairBatch, sites: list[Bool[Tensor, "batch pos"]]
-                           ) -> Float[Tensor, "batch layer site"]:
-    """LD of the corrupt run with the clean residual stream (before each layer) at each
-    site's positions; one pass per layer, from that layer on, with every site in the batch."""
+                           ) -> Float[Tensor, "direction batch layer site"]:
+    """LD with the residual stream before each layer patched at each site's positions, both
+    ways: [0] the clean stream into the corrupt run (denoising), [1] the corrupt stream into
+    the clean run (noising). Each layer runs from there on, with both directions and all
+    sites in one batch; sites within the last half of the prompt run only from their first
+    position on (prefix_kv), the others whole."""
     names = _resid_names(model)
     _, clean = model.run_with_cache(batch.clean.to(model.cfg.device), names_filter=lambda n: n in names)
     _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
-    masks = torch.cat(sites).to(model.cfg.device)[..., None]  # (site * batch, pos, 1)
-    out = torch.empty(len(batch.corrupt), model.cfg.n_layers, len(sites))
-    for layer, name in enumerate(names):
-        copies = len(sites)
-        patched = torch.where(masks, clean[name].repeat(copies, 1, 1), corrupt[name].repeat(copies, 1, 1))
-        out[:, layer] = logit_diff_at_end(model, batch, patched, layer).reshape(copies, -1).T
+    pos = batch.corrupt.shape[1]
+    spans = [pos - int(m.any(0).nonzero()[0]) if m.any() else 1 for m in sites]  # the first touched position on
+    out = torch.empty(2, len(batch.corrupt), model.cfg.n_layers, len(sites))
+    for late in (True, False):
+        chosen = [i for i, span in enumerate(spans) if (span <= pos // 2) == late]
+        if not chosen:
+            continue
+        span = max(spans[i] for i in chosen) if late else pos
+        masks = torch.cat([sites[i][:, -span:] for i in chosen] * 2).to(model.cfg.device)[..., None]
+        prefix = None
+        if span < pos:
+            prefixes = [prefix_kv(model, tokens, span) for tokens in (batch.corrupt, batch.clean)]
+            prefix = stack_kv([prefixes[0]] * len(chosen) + [prefixes[1]] * len(chosen))
+        for layer, name in enumerate(names):
+            c, k = clean[name][:, -span:], corrupt[name][:, -span:]
+            base, patch = torch.cat([k] * len(chosen) + [c] * len(chosen)), torch.cat([c] * len(chosen) + [k] * len(chosen))
+            ld = logit_diff_at_end(model, batch, torch.where(masks, patch, base), layer, prefix=prefix)
+            out[:, :, layer, chosen] = ld.reshape(2, len(chosen), -1).transpose(1, 2)
     return out
 
 
@@ -138,20 +204,27 @@ def _component_name(layer: int, head: int | None) -> str:
 
 @torch.no_grad()
 def compute_component_patching(model, batch: PairBatch, components: list[tuple[int, int | None]]
-                               ) -> Float[Tensor, "batch component"]:
-    """LD with one component's final-position output from the clean run: (layer, None) is
-    that layer's MLP, (layer, head) one head's z. Each run starts at the component's layer,
-    from the corrupt residual stream cached there."""
+                               ) -> Float[Tensor, "direction batch component"]:
+    """LD with one component's final-position output patched, both ways: [0] its clean
+    output into the corrupt run, [1] its corrupt output into the clean run. (layer, None)
+    is that layer's MLP, (layer, head) one head's z. Each run starts at the component's
+    layer, from the residual stream cached there, and runs the final position only, on the
+    keys and values of the rest (prefix_kv)."""
     names = {_component_name(layer, head) for layer, head in components}
-    starts = {f"blocks.{layer}.hook_resid_pre" for layer, _ in components}
+    names |= {f"blocks.{layer}.hook_resid_pre" for layer, _ in components}
     _, clean = model.run_with_cache(batch.clean.to(model.cfg.device), names_filter=lambda n: n in names)
-    _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in starts)
-    out = torch.empty(len(batch.corrupt), len(components))
+    _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
+    prefix = stack_kv([prefix_kv(model, tokens, 1) for tokens in (batch.corrupt, batch.clean)])
+    out = torch.empty(2, len(batch.corrupt), len(components))
     for i, (layer, head) in enumerate(components):
-        name = _component_name(layer, head)
-        value = clean[name][:, -1] if head is None else clean[name][:, -1, head]
-        out[:, i] = logit_diff_at_end(model, batch, corrupt[f"blocks.{layer}.hook_resid_pre"], layer,
-                                      hooks=_final_position_patch(name, value, head))
+        name, start = _component_name(layer, head), f"blocks.{layer}.hook_resid_pre"
+
+        def final(cache) -> Tensor:
+            return cache[name][:, -1] if head is None else cache[name][:, -1, head]
+
+        resid = torch.cat([corrupt[start][:, -1:], clean[start][:, -1:]])
+        hooks = _final_position_patch(name, torch.cat([final(clean), final(corrupt)]), head)
+        out[:, :, i] = logit_diff_at_end(model, batch, resid, layer, hooks=hooks, prefix=prefix).reshape(2, -1)
     return out
 
 
@@ -226,9 +299,10 @@ def node_outputs(model, cache, nodes: list[Node]) -> Float[Tensor, "node batch d
 
 
 @torch.no_grad()
-def _receiver_input(model, start: Tensor, receiver: Node, delta: Tensor) -> Tensor:
+def _receiver_input(model, start: Tensor, receiver: Node, delta: Tensor, prefix) -> Tensor:
     """The receiver's final-position output when `delta` (copies*batch, d_model) is added to
-    what it reads at the final position, and to nothing else."""
+    what it reads at the final position, and to nothing else; `start` is the final position's
+    residual stream entering the receiver's layer, `prefix` the rest (prefix_kv)."""
     layer, head = receiver
     read = f"blocks.{layer}.hook_resid_pre" if head is not None else f"blocks.{layer}.hook_resid_mid"
     captured: dict[str, Tensor] = {}
@@ -242,7 +316,7 @@ def _receiver_input(model, start: Tensor, receiver: Node, delta: Tensor) -> Tens
         captured["out"] = act[:, -1] if head is None else act[:, -1, head]
 
     with model.hooks(fwd_hooks=[(read, add), (_component_name(layer, head), capture)]):
-        model(start, start_at_layer=layer, stop_at_layer=layer + 1)
+        model(start, start_at_layer=layer, stop_at_layer=layer + 1, past_kv_cache=prefix)
     return captured["out"]
 
 
@@ -263,15 +337,17 @@ def compute_path_patching(model, batch: PairBatch, nodes: list[Node]
     final = corrupt[f"blocks.{n_layers - 1}.hook_resid_post"][:, -1]
     direct = _ld_of_final(model, batch, (final[None] + delta).flatten(0, 1)).reshape(len(nodes), -1).T
     edges = torch.full((len(batch.corrupt), len(nodes), len(nodes)), float("nan"))
+    base = prefix_kv(model, batch.corrupt, 1)
     for r, receiver in enumerate(nodes):
         senders = [s for s, sender in enumerate(nodes) if can_reach(sender, receiver)]
         if not senders:
             continue
         layer, head = receiver
-        start = corrupt[f"blocks.{layer}.hook_resid_pre"].repeat(len(senders), 1, 1)
-        value = _receiver_input(model, start, receiver, delta[senders].flatten(0, 1))
+        start = corrupt[f"blocks.{layer}.hook_resid_pre"][:, -1:].repeat(len(senders), 1, 1)
+        prefix = stack_kv([base] * len(senders))
+        value = _receiver_input(model, start, receiver, delta[senders].flatten(0, 1), prefix)
         hooks = _final_position_patch(_component_name(layer, head), value, head)
-        ld = logit_diff_at_end(model, batch, start, layer, hooks=hooks)
+        ld = logit_diff_at_end(model, batch, start, layer, hooks=hooks, prefix=prefix)
         edges[:, senders, r] = ld.reshape(len(senders), -1).T
     return direct, edges
 
@@ -358,7 +434,8 @@ def compute_latent_attribution(model, sae, hook: str, batch: PairBatch
 @torch.no_grad()
 def edit_latents(model, sae, hook: str, batch: PairBatch, latents: list[int], to: str) -> Float[Tensor, "batch"]:
     """LD of the corrupt run with the listed latents set, at every position after the
-    first, to zero (`to="zero"`) or to their values in the clean run (`to="clean"`)."""
+    first, to zero (`to="zero"`) or to their values in the clean run (`to="clean"`); only
+    the layers from the SAE's on run again."""
     index = torch.tensor(latents, dtype=torch.long, device=model.cfg.device)
     clean = _sae_latents(model, sae, hook, batch.clean) if to == "clean" else None
 
@@ -367,7 +444,8 @@ def edit_latents(model, sae, hook: str, batch: PairBatch, latents: list[int], to
         z[..., index] = 0 if clean is None else clean[..., index]
         return z
 
-    return logit_diff_at_end(model, batch, hooks=[(hook, splice(sae, edit=edit))])
+    layer = hook_layer(hook)
+    return logit_diff_at_end(model, batch, batch.resid_pre(model, layer), layer, hooks=[(hook, splice(sae, edit=edit))])
 
 
 def matched_latent_sets(mean_activation: Float[Tensor, "latent"], chosen: list[int], window: int, draws: int,
@@ -422,20 +500,22 @@ class HeadEffect(Schema):
     head: int
     attribution: float  # normalised, first-order estimate
     exact: Estimate  # normalised, patched
+    reverse: Estimate  # normalised: its corrupt output patched into the clean run (0 clean, 1 corrupt)
 
 
 ABLATIONS = ("zero", "mean", "resample")
 
 
 class Intervention(Schema):
-    delta_logit_diff: Estimate  # ablated - corrupt, paired on the same prompts
-    delta_error_rate: Estimate  # first-token: argmax is the error's first token
+    delta_logit_diff: PairedEstimate  # ablated - corrupt, paired on the same prompts
+    error_rate: Estimate  # whole answer: the greedy answer, heads ablated at the context's positions, is the error
+    delta_error_rate: PairedEstimate  # that, minus the unablated greedy answer's being the error
 
 
 class Ablation(Schema):
     heads: list[list[int]]  # [layer, head]
     joint: dict[str, Intervention]  # all heads ablated together, per kind (ABLATIONS)
-    alone: list[Estimate]  # delta LD with each head mean-ablated alone, in `heads` order
+    alone: list[PairedEstimate]  # delta LD with each head mean-ablated alone, in `heads` order
     random_delta_logit_diff: list[float]  # mean ablation of each random draw of as many heads
     p_value: float  # share of random draws that lower LD at least as much (with the +1 correction)
 
@@ -486,7 +566,7 @@ class LatentEffect(Schema):
     attribution: list[float]  # normalised (by the set's mean gap), per top latent
     mean_activation: list[float]  # on the corrupt prompts, per position, per top latent
     patched: Estimate  # normalised effect of setting the top latents to their clean values together
-    ablated: Estimate  # LD change when they are zero-ablated together (paired, ablated - corrupt)
+    ablated: PairedEstimate  # LD change when they are zero-ablated together (paired, ablated - corrupt)
     random_ablated: list[float]  # the same for random latents of matched mean activation, per draw
     p_value: float  # share of random draws that lower LD at least as much (with the +1 correction)
 
@@ -505,8 +585,10 @@ class SetResult(Schema):
     sites: list[str]  # residual-stream sites: "changed", then positions from the end
     site_tokens: list[str]  # the first pair's corrupt token at each site
     resid_exact: list[list[float]]  # (layer, site), normalised mean
+    resid_reverse: list[list[float]]  # (layer, site), corrupt into clean: 0 is the clean run, 1 the corrupt one
     resid_attribution: list[list[float]]
     mlp_exact: list[Estimate]  # per layer
+    mlp_reverse: list[Estimate]  # per layer, corrupt into clean
     mlp_attribution: list[float]
     head_attribution: list[list[float]]  # (layer, head)
     top_heads: list[HeadEffect]
@@ -628,17 +710,24 @@ class Measured:
     ld_corrupt: Float[Tensor, "pair"]
     ld_clean: Float[Tensor, "pair"]
     resid: Float[Tensor, "pair layer site"]
+    resid_reverse: Float[Tensor, "pair layer site"]
     resid_attribution: Float[Tensor, "pair layer site"]
     mlp: Float[Tensor, "pair layer"]
+    mlp_reverse: Float[Tensor, "pair layer"]
     mlp_attribution: Float[Tensor, "pair layer"]
     head_attribution: Float[Tensor, "pair layer head"]
 
 
 def measure(model, groups: list[tuple[list[int], PairBatch]], n: int, n_last: int, ld_corrupt: Tensor,
             ld_clean: Tensor) -> Measured:
-    """Exact patching of residual sites and MLPs, and attribution of all, given the pairs' LDs."""
+    """Exact patching of residual sites and MLPs (both ways), and attribution of all, given
+    the pairs' LDs."""
     layers = range(model.cfg.n_layers)
     attrs = [compute_attribution(model, batch) for _, batch in groups]
+    resid = _gather(groups, n, lambda b: compute_resid_patching(model, b, _sites(b, n_last)).transpose(0, 1))
+    resid = resid.transpose(0, 1)
+    mlp = _gather(groups, n, lambda b: compute_component_patching(model, b, [(l, None) for l in layers]).transpose(0, 1))
+    mlp = mlp.transpose(0, 1)
     per_group = iter(attrs)
 
     def at_sites(batch: PairBatch) -> Tensor:
@@ -647,9 +736,9 @@ def measure(model, groups: list[tuple[list[int], PairBatch]], n: int, n_last: in
 
     return Measured(
         ld_corrupt=ld_corrupt, ld_clean=ld_clean,
-        resid=_gather(groups, n, lambda b: compute_resid_patching(model, b, _sites(b, n_last))),
+        resid=resid[0], resid_reverse=resid[1],
         resid_attribution=_gather(groups, n, at_sites),
-        mlp=_gather(groups, n, lambda b: compute_component_patching(model, b, [(l, None) for l in layers])),
+        mlp=mlp[0], mlp_reverse=mlp[1],
         mlp_attribution=_gather_parts(groups, n, [a.mlp for a in attrs]),
         head_attribution=_gather_parts(groups, n, [a.heads for a in attrs]),
     )
@@ -660,24 +749,41 @@ def _gather_parts(groups: list[tuple[list[int], PairBatch]], n: int, parts: list
     return _gather(groups, n, lambda _: next(values))
 
 
-def ablate(model, groups, n: int, heads: list[tuple[int, int]], values: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """(LD, first-token error indicator) per corrupt prompt with `heads` ablated together:
-    each head's z set to values[i][layer, head] in group i (see ablation_values)."""
+def ablate(model, groups, n: int, heads: list[tuple[int, int]], values: list[Tensor]) -> Float[Tensor, "pair"]:
+    """LD per corrupt prompt with `heads` ablated together: each head's z set to
+    values[i][layer, head] in group i (see ablation_values). Only the layers from the
+    first ablated head's on run again."""
     per_group = iter(values)
+    start = min(layer for layer, _ in heads)
 
     def run(batch: PairBatch) -> Tensor:
-        logits = final_logits(model, batch.corrupt, replace_head_hooks(heads, next(per_group))).cpu()
-        rows = torch.arange(len(logits))
-        ld = logits[rows, batch.error_ids] - logits[rows, batch.correct_ids]
-        return torch.stack([ld, (logits.argmax(-1) == batch.error_ids).float()], dim=-1)
+        hooks = replace_head_hooks(heads, next(per_group))
+        return logit_diff_at_end(model, batch, batch.resid_pre(model, start), start, hooks=hooks)
 
-    out = _gather(groups, n, run)
-    return out[:, 0], out[:, 1]
+    return _gather(groups, n, run)
+
+
+def ablated_answers(model, groups, n: int, heads: list[tuple[int, int]], values: list[Tensor]) -> list[int | None]:
+    """The greedy answer per corrupt prompt with `heads` ablated as in `ablate`, at every
+    position of the context (the answer's own tokens run unablated)."""
+    per_group = iter(values)
+    answers: list[int | None] = [None] * n
+    for idx, batch in groups:
+        texts = greedy_under_hooks(model, batch.corrupt, replace_head_hooks(heads, next(per_group)))
+        for i, text in zip(idx, texts, strict=True):
+            answers[i] = read_number(text)
+    return answers
 
 
 def _normalised(values: Tensor, m: Measured, gap: float) -> Tensor:
     shape = (-1,) + (1,) * (values.dim() - 1)
     return (values - m.ld_corrupt.reshape(shape)) / gap
+
+
+def _normalised_reverse(values: Tensor, m: Measured, gap: float) -> Tensor:
+    """Noising effects: 0 is the clean run, 1 the corrupt run (the same gap, other sign)."""
+    shape = (-1,) + (1,) * (values.dim() - 1)
+    return (m.ld_clean.reshape(shape) - values) / gap
 
 
 def confirm_heads(model, params: Params, groups, n: int, m: Measured, gap: float) -> list[HeadEffect]:
@@ -688,36 +794,46 @@ def confirm_heads(model, params: Params, groups, n: int, m: Measured, gap: float
     count = attribution.numel() if settings.exhaustive_heads else settings.top_heads
     order = attribution.flatten().abs().argsort(descending=True)[:count]
     heads = [divmod(int(i), model.cfg.n_heads) for i in order]
-    exact = _normalised(_gather(groups, n, lambda b: compute_component_patching(model, b, heads)), m, gap)
-    return [HeadEffect(layer=l, head=h, attribution=attribution[l, h].item(),
-                       exact=estimate_mean(exact[:, i].double(), stats.bootstrap_resamples, params.seed, stats.ci_level))
-            for i, (l, h) in enumerate(heads)]
+    both = _gather(groups, n, lambda b: compute_component_patching(model, b, heads).transpose(0, 1))
+    exact, reverse = _normalised(both[:, 0], m, gap), _normalised_reverse(both[:, 1], m, gap)
+
+    def est(values: Tensor) -> Estimate:
+        return estimate_mean(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+
+    return [HeadEffect(layer=l, head=h, attribution=attribution[l, h].item(), exact=est(exact[:, i]),
+                       reverse=est(reverse[:, i])) for i, (l, h) in enumerate(heads)]
 
 
-def ablation_result(model, params: Params, groups, n: int, m: Measured, top: list[HeadEffect]) -> Ablation | None:
+def ablation_result(model, params: Params, groups, n: int, m: Measured, top: list[HeadEffect],
+                    errors: list[int], erring: Tensor) -> Ablation | None:
     """The heads passing the threshold ablated together (zero, mean, resample) and each alone
-    (mean); the joint mean ablation against random head sets of the same size."""
+    (mean); the joint mean ablation against random head sets of the same size. `errors`:
+    each pair's error; `erring`: whether the unablated greedy answer is that error."""
     settings, stats = params.patching, params.stats
     chosen = [(h.layer, h.head) for h in top if h.exact.mean >= settings.ablate_threshold]
     if not chosen:
         return None
     values = [ablation_values(model, batch.clean) for _, batch in groups]
-    corrupt_err = _gather(groups, n, lambda b: (final_logits(model, b.corrupt).cpu().argmax(-1) == b.error_ids).float())
 
-    def est(values: Tensor) -> Estimate:
-        return estimate_mean(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+    def est(values: Tensor) -> PairedEstimate:
+        return paired_estimate(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
 
-    def delta(heads: list[tuple[int, int]], kind: str) -> tuple[Tensor, Tensor]:
-        ld, err = ablate(model, groups, n, heads, [v[kind] for v in values])
-        return ld - m.ld_corrupt, err - corrupt_err
+    def delta(heads: list[tuple[int, int]], kind: str) -> Tensor:
+        return ablate(model, groups, n, heads, [v[kind] for v in values]) - m.ld_corrupt
 
-    joint = {kind: Intervention(delta_logit_diff=est(d[0]), delta_error_rate=est(d[1]))
-             for kind in ABLATIONS for d in [delta(chosen, kind)]}
+    def joint(kind: str) -> Intervention:
+        answers = ablated_answers(model, groups, n, chosen, [v[kind] for v in values])
+        is_error = torch.tensor([a == e for a, e in zip(answers, errors, strict=True)]).double()
+        rate = estimate_mean(is_error, stats.bootstrap_resamples, params.seed, stats.ci_level)
+        return Intervention(delta_logit_diff=est(delta(chosen, kind)), error_rate=rate,
+                            delta_error_rate=est(is_error - erring.double()))
+
+    joint = {kind: joint(kind) for kind in ABLATIONS}
     draws = random_head_sets(model.cfg.n_layers, model.cfg.n_heads, len(chosen), settings.random_draws, params.seed)
-    random = [delta(heads, "mean")[0].mean().item() for heads in draws]
+    random = [delta(heads, "mean").mean().item() for heads in draws]
     observed = joint["mean"].delta_logit_diff.mean
     return Ablation(heads=[list(h) for h in chosen], joint=joint,
-                    alone=[est(delta([h], "mean")[0]) for h in chosen], random_delta_logit_diff=random,
+                    alone=[est(delta([h], "mean")) for h in chosen], random_delta_logit_diff=random,
                     p_value=(1 + sum(r <= observed for r in random)) / (1 + len(random)))
 
 
@@ -761,7 +877,8 @@ def latent_result(model, params: Params, name: str, loaded: LoadedSae, groups, n
     random = [run(latents, "zero").mean().item() for latents in draws]
     return LatentEffect(sae=name, hook=hook, n_latents=d_sae, top=top, attribution=attribution[top].tolist(),
                         mean_activation=activation[top].tolist(), patched=est(run(top, "clean") / gap),
-                        ablated=est(ablated), random_ablated=random,
+                        ablated=paired_estimate(ablated.double(), stats.bootstrap_resamples, params.seed, stats.ci_level),
+                        random_ablated=random,
                         p_value=(1 + sum(r <= ablated.mean().item() for r in random)) / (1 + len(random)))
 
 
@@ -815,19 +932,35 @@ def error_set(name: str, params: Params) -> list[PromptPair]:
 
 def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) -> tuple[SetResult, dict[str, Tensor]]:
     """Behaviour on every pair of the set; patching and ablation on a subset (patched_subset)."""
-    all_pairs, all_prepared = prepare_pairs(model, error_set(name, params))
-    behaviour, lds, errs, rights = behaviour_of(model, params, all_pairs, all_prepared)
+    with timed(f"{name} set: behaviour"):
+        all_pairs, all_prepared = prepare_pairs(model, error_set(name, params))
+        behaviour, lds, errs, rights = behaviour_of(model, params, all_pairs, all_prepared)
     chosen, patched_on = patched_subset(errs, params.patching.n_patched)
     pairs, prepared = [all_pairs[i] for i in chosen], [all_prepared[i] for i in chosen]
     n, groups = len(pairs), batches(prepared)
-    m = measure(model, groups, n, params.patching.last_positions, lds["corrupt"][chosen], lds["clean"][chosen])
+    with timed(f"{name} set: residual stream and MLP patching, both ways, and attribution"):
+        m = measure(model, groups, n, params.patching.last_positions, lds["corrupt"][chosen], lds["clean"][chosen])
     gap = (m.ld_clean - m.ld_corrupt).mean().item()
-    top = confirm_heads(model, params, groups, n, m, gap)
-    mlp = _normalised(m.mlp, m, gap)
+    with timed(f"{name} set: heads patched exactly"):
+        top = confirm_heads(model, params, groups, n, m, gap)
+    mlp, mlp_reverse = _normalised(m.mlp, m, gap), _normalised_reverse(m.mlp_reverse, m, gap)
     stats = params.stats
-    mlp_exact = [estimate_mean(mlp[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
-                 for l in range(model.cfg.n_layers)]
+
+    def per_layer(values: Tensor) -> list[Estimate]:
+        return [estimate_mean(values[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+                for l in range(model.cfg.n_layers)]
+
+    mlp_exact = per_layer(mlp)
     erring, nodes = patched_on == ERRING, circuit_nodes(params, top, mlp_exact)
+    with timed(f"{name} set: ablations and their random controls"):
+        ablation = ablation_result(model, params, groups, n, m, top, [p.error for p in pairs], errs[chosen])
+    with timed(f"{name} set: circuit (path patching)"):
+        circuit = None if not erring or not nodes else circuit_result(model, params, groups, n, m, gap, nodes)
+    with timed(f"{name} set: wrong against right answers"):
+        cases = cases_result(model, params, batches(all_prepared), errs, rights, top)
+    with timed(f"{name} set: SAE latents"):
+        latents = [] if not erring else [latent_result(model, params, sae_name, sae, groups, n, m, gap)
+                                         for sae_name, sae in saes.items()]
     first, first_clean = prepared[0]
     sites = ["changed", *(f"{-k}" for k in range(params.patching.last_positions, 0, -1))]
     changed = (first.tokens != first_clean.tokens).nonzero()[:, 0].tolist()
@@ -839,20 +972,18 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
         mean_gap=gap, sites=sites,
         site_tokens=["+".join(first.str_tokens[i] for i in changed)] + list(first.str_tokens[-len(sites) + 1:]),
         resid_exact=_normalised(m.resid, m, gap).mean(0).tolist(),
+        resid_reverse=_normalised_reverse(m.resid_reverse, m, gap).mean(0).tolist(),
         resid_attribution=(m.resid_attribution / gap).mean(0).tolist(),
-        mlp_exact=mlp_exact,
+        mlp_exact=mlp_exact, mlp_reverse=per_layer(mlp_reverse),
         mlp_attribution=(m.mlp_attribution / gap).mean(0).tolist(),
         head_attribution=(m.head_attribution / gap).mean(0).tolist(), top_heads=top,
         rank_agreement_heads=spearman(torch.tensor([h.attribution for h in top]), torch.tensor([h.exact.mean for h in top])),
         rank_agreement_mlp=spearman((m.mlp_attribution / gap).mean(0), mlp.mean(0)),
-        ablation=ablation_result(model, params, groups, n, m, top),
-        circuit=None if not erring or not nodes else circuit_result(model, params, groups, n, m, gap, nodes),
-        cases=cases_result(model, params, batches(all_prepared), errs, rights, top),
-        latents=[] if not erring else [latent_result(model, params, sae_name, sae, groups, n, m, gap)
-                                       for sae_name, sae in saes.items()],
+        ablation=ablation, circuit=circuit, cases=cases, latents=latents,
     )
     tensors = {f"{name}/ld_corrupt": m.ld_corrupt, f"{name}/ld_clean": m.ld_clean, f"{name}/resid": m.resid,
-               f"{name}/mlp": m.mlp, f"{name}/head_attribution": m.head_attribution}
+               f"{name}/resid_reverse": m.resid_reverse, f"{name}/mlp": m.mlp, f"{name}/mlp_reverse": m.mlp_reverse,
+               f"{name}/head_attribution": m.head_attribution}
     return result, tensors
 
 
@@ -971,18 +1102,21 @@ def plot_cases(metrics: PatchingMetrics):
 
 @styled
 def plot_resid_patching(metrics: PatchingMetrics):
-    """Residual-stream patching, layer x site: exact (left) and attribution (right)."""
-    fig, axes, names = _set_axes(metrics, 2.8, cols=2)
+    """Residual-stream patching, layer x site: clean into corrupt (exact and attribution),
+    and corrupt into clean."""
+    fig, axes, names = _set_axes(metrics, 2.8, cols=3)
     for row, name in enumerate(names):
         result = metrics.sets[name]
         labels = [f"{s}\n{t!r}"[:14] for s, t in zip(result.sites, result.site_tokens, strict=True)]
-        for col, (values, title) in enumerate(((result.resid_exact, "patched"), (result.resid_attribution, "attribution"))):
+        panels = ((result.resid_exact, "clean → corrupt"), (result.resid_attribution, "attribution"),
+                  (result.resid_reverse, "corrupt → clean"))
+        for col, (values, title) in enumerate(panels):
             ax = axes[row, col]
             image = ax.imshow(torch.tensor(values).numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto",
                               interpolation="nearest")
             ax.set_xticks(range(len(labels)), labels, fontsize=6)
             ax.set_ylabel("layer")
-            ax.set_title(f"{name} set: residual stream, {title}", fontsize=8)
+            ax.set_title(f"{name} set: {title}", fontsize=8)
             ax.grid(False)
         fig.colorbar(image, ax=list(axes[row]), shrink=0.8, label="normalised effect")
     return fig
@@ -998,7 +1132,9 @@ def plot_components(metrics: PatchingMetrics):
         layers = range(len(result.mlp_exact))
         ax.errorbar(layers, [e.mean for e in result.mlp_exact], capsize=2, fmt="o-", markersize=3,
                     yerr=error_bars(result.mlp_exact),
-                    color=COLORS["accent"], label="patched")
+                    color=COLORS["accent"], label="clean → corrupt")
+        ax.errorbar(layers, [e.mean for e in result.mlp_reverse], capsize=2, fmt="s:", markersize=2,
+                    yerr=error_bars(result.mlp_reverse), color=COLORS["misconception"], label="corrupt → clean")
         ax.plot(layers, result.mlp_attribution, "x--", color=COLORS["control"], label="attribution")
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlabel("layer")
@@ -1007,12 +1143,15 @@ def plot_components(metrics: PatchingMetrics):
         ax = axes[row, 1]
         heads = result.top_heads
         x = range(len(heads))
-        ax.bar(x, [h.exact.mean for h in heads], color=COLORS["accent"], capsize=2, label="patched",
-               yerr=error_bars([h.exact for h in heads]))
+        ax.bar([i - 0.2 for i in x], [h.exact.mean for h in heads], 0.4, color=COLORS["accent"], capsize=2,
+               label="clean → corrupt", yerr=error_bars([h.exact for h in heads]))
+        ax.bar([i + 0.2 for i in x], [h.reverse.mean for h in heads], 0.4, color=COLORS["misconception"], capsize=2,
+               label="corrupt → clean", yerr=error_bars([h.reverse for h in heads]))
         ax.scatter(x, [h.attribution for h in heads], marker="x", color="black", zorder=3, label="attribution")
         ax.set_xticks(list(x), [f"L{h.layer}H{h.head}" for h in heads], rotation=90, fontsize=6)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_title(f"{name} set: top heads by attribution", fontsize=8)
+        ax.legend(frameon=False, fontsize=6)
     return fig
 
 
@@ -1057,7 +1196,7 @@ def plot_ablation(metrics: PatchingMetrics):
         _hbars(ax, joint, [i.delta_error_rate.model_copy(update={f: 100 * getattr(i.delta_error_rate, f)
                                                                   for f in ("mean", "low", "high")})
                            for i in ablation.joint.values()], [COLORS["misconception"]] * len(joint))
-        ax.set_xlabel("change in error rate (points)")
+        ax.set_xlabel("change in whole-answer error rate (points)")
     return fig
 
 

@@ -131,6 +131,25 @@ def score_and_read(model, contexts: list[Int[Tensor, "_pos"]], answers: list[tup
     return scores, [read_number(t) for t in texts], texts
 
 
+@torch.no_grad()
+def greedy_under_hooks(model, tokens: Int[Tensor, "batch pos"], hooks: list, max_tokens: int = 3) -> list[str]:
+    """The greedy continuations of equal-length contexts (decoded text), with forward
+    `hooks` on the context's positions; the answer's own tokens run without them, on the
+    context's (hooked) keys and values."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    tokens = tokens.to(model.cfg.device)
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
+    with model.hooks(fwd_hooks=hooks):
+        resid = model(tokens, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache, attention_mask=torch.ones_like(tokens))
+    generated = model.unembed(model.ln_final(resid[:, -1:]))[:, 0].argmax(-1)[:, None]
+    cache.freeze()
+    while generated.shape[1] < max_tokens:
+        step = _forward(model, generated, cache)[:, -1].argmax(-1)
+        generated = torch.cat([generated, step[:, None]], dim=1)
+    return [model.tokenizer.decode(row.tolist()) for row in generated]
+
+
 def read_number(text: str) -> int | None:
     """The leading number of a continuation (' 10. 3 +' -> 10), or None."""
     match = re.match(r"\s*(\d+)", text)

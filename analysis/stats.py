@@ -67,3 +67,33 @@ def estimate_mean(values: Float[Tensor, "n"], n_resamples: int, seed: int, level
     """The mean of values over prompts and its percentile bootstrap interval."""
     low, high = bootstrap_ci(values, n_resamples, seed, level)
     return Estimate(mean=values.double().mean().item(), low=low.item(), high=high.item(), n=len(values))
+
+
+class PairedEstimate(Estimate):
+    """A mean of paired differences (intervened - unchanged, per prompt) with its interval
+    and the two-sided p-value of a sign-flip test (H0: the differences are symmetric about 0)."""
+
+    p_value: float | None
+
+
+def sign_flip_p_value(deltas: Float[Tensor, "n"], n_resamples: int, seed: int) -> float:
+    """Two-sided paired permutation test: how often flipping the signs of the differences
+    gives a mean at least as far from 0. Exact (every sign pattern) up to 2^16 patterns,
+    else `n_resamples` seeded random patterns with the +1 correction."""
+    deltas = deltas.double()
+    n = len(deltas)
+    observed = deltas.mean().abs() * (1 - 1e-6)  # ties (up to float32 rounding) count as hits
+    if n <= 16:
+        bits = (torch.arange(2**n)[:, None] >> torch.arange(n)) & 1
+        means = ((1 - 2 * bits.double()) * deltas).mean(1).abs()
+        return (means >= observed).double().mean().item()
+    generator = torch.Generator().manual_seed(seed)
+    signs = 1 - 2 * torch.randint(2, (n_resamples, n), generator=generator).double()
+    hits = ((signs * deltas).mean(1).abs() >= observed).sum().item()
+    return (1 + hits) / (1 + n_resamples)
+
+
+def paired_estimate(deltas: Float[Tensor, "n"], n_resamples: int, seed: int, level: float = 0.95) -> PairedEstimate:
+    """estimate_mean of paired differences, with their sign-flip p-value."""
+    base = estimate_mean(deltas, n_resamples, seed, level)
+    return PairedEstimate(**base.model_dump(), p_value=sign_flip_p_value(deltas, n_resamples, seed))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import char_tokenizer, gpt2_tokenizer, make_params, random_sae, tiny_model
+from helpers import char_tokenizer, gpt2_tokenizer, make_params, random_sae, rotary_model, tiny_model
 
 from analysis import patching
 from analysis.arithmetic import copy_pairs, sequence_pairs
@@ -27,10 +27,10 @@ def test_patching_clean_into_clean_changes_nothing(model):
     base = patching.logit_diff_at_end(model, clean)
     sites = patching._sites(clean, 3)
     assert not sites[0].any()  # nothing differs between a prompt and itself
-    patched = patching.compute_resid_patching(model, clean, sites)
-    torch.testing.assert_close(patched, base[:, None, None].expand_as(patched), atol=1e-5, rtol=0)
+    patched = patching.compute_resid_patching(model, clean, sites)  # both directions
+    torch.testing.assert_close(patched, base[None, :, None, None].expand_as(patched), atol=1e-5, rtol=0)
     components = patching.compute_component_patching(model, clean, [(0, None), (2, 1)])
-    torch.testing.assert_close(components, base[:, None].expand_as(components), atol=1e-5, rtol=0)
+    torch.testing.assert_close(components, base[None, :, None].expand_as(components), atol=1e-5, rtol=0)
 
 
 def test_patching_the_whole_residual_stream_at_a_layer_gives_the_clean_output(model):
@@ -38,9 +38,43 @@ def test_patching_the_whole_residual_stream_at_a_layer_gives_the_clean_output(mo
     clean = patching.logit_diff_at_end(model, PairBatch(batch.clean, batch.clean, batch.error_ids, batch.correct_ids))
     corrupt = patching.logit_diff_at_end(model, batch)
     everywhere = torch.ones_like(batch.changed)
-    patched = patching.compute_resid_patching(model, batch, [everywhere])[..., 0]  # (pair, layer)
+    patched, noised = patching.compute_resid_patching(model, batch, [everywhere])[..., 0]  # each (pair, layer)
     torch.testing.assert_close(patched, clean[:, None].expand_as(patched), atol=1e-5, rtol=0)
+    torch.testing.assert_close(noised, corrupt[:, None].expand_as(noised), atol=1e-5, rtol=0)
     assert (clean - corrupt).abs().max() > 1e-3  # the two runs differ, so the test can fail
+
+
+@pytest.mark.parametrize("positions", ["absolute", "rotary"])
+def test_runs_of_the_last_positions_on_the_cached_prefix_equal_whole_runs(positions):
+    """Both directions: direction 0 patches the clean run's activations into the corrupt
+    run, direction 1 the corrupt run's into the clean run; whole runs with hooks agree."""
+    model = tiny_model(n_layers=3) if positions == "absolute" else rotary_model()
+    batch = _batch(model)
+    runs = [model.run_with_cache(tokens)[1] for tokens in (batch.clean, batch.corrupt)]  # the source of each direction
+    targets = [batch, PairBatch(batch.clean, batch.corrupt, batch.error_ids, batch.correct_ids)]
+
+    components = [(0, None), (1, 2), (2, None), (2, 3)]
+    fast = patching.compute_component_patching(model, batch, components)
+    for direction, (source, target) in enumerate(zip(runs, targets, strict=True)):
+        for i, (layer, head) in enumerate(components):
+            name = patching._component_name(layer, head)
+            value = source[name][:, -1] if head is None else source[name][:, -1, head]
+            whole = patching.logit_diff_at_end(model, target, hooks=patching._final_position_patch(name, value, head))
+            torch.testing.assert_close(fast[direction, :, i], whole, atol=1e-5, rtol=0)
+    assert (fast[0] - patching.logit_diff_at_end(model, batch)[:, None]).abs().max() > 1e-3
+
+    sites = patching._sites(batch, 2)
+    fast = patching.compute_resid_patching(model, batch, sites)
+    for direction, (source, target) in enumerate(zip(runs, targets, strict=True)):
+        for layer in range(3):
+            for i, mask in enumerate(sites):
+                name = f"blocks.{layer}.hook_resid_pre"
+
+                def put(act, hook, mask=mask, name=name, source=source):
+                    return torch.where(mask[..., None], source[name], act)
+
+                whole = patching.logit_diff_at_end(model, target, hooks=[(name, put)])
+                torch.testing.assert_close(fast[direction, :, layer, i], whole, atol=1e-5, rtol=0)
 
 
 def test_attribution_equals_exact_patching_where_the_metric_is_linear():
@@ -50,14 +84,14 @@ def test_attribution_equals_exact_patching_where_the_metric_is_linear():
     batch = _batch(with_mlp)
     attr = patching.compute_attribution(with_mlp, batch)
     corrupt = patching.logit_diff_at_end(with_mlp, batch)
-    exact = patching.compute_component_patching(with_mlp, batch, [(1, None)])[:, 0] - corrupt
+    exact = patching.compute_component_patching(with_mlp, batch, [(1, None)])[0, :, 0] - corrupt
     torch.testing.assert_close(attr.mlp[:, 1], exact, atol=1e-4, rtol=1e-4)
     assert exact.abs().max() > 1e-3
 
     attn_only = tiny_model(n_layers=2, normalization=None, seed=3, attn_only=True)
     attr = patching.compute_attribution(attn_only, batch)
     corrupt = patching.logit_diff_at_end(attn_only, batch)
-    exact = patching.compute_component_patching(attn_only, batch, [(1, h) for h in range(4)]) - corrupt[:, None]
+    exact = patching.compute_component_patching(attn_only, batch, [(1, h) for h in range(4)])[0] - corrupt[:, None]
     torch.testing.assert_close(attr.heads[:, 1], exact, atol=1e-4, rtol=1e-4)
     assert exact.abs().max() > 1e-3
 
@@ -70,7 +104,7 @@ def test_ablation_values_zero_mean_and_resample_from_another_pair(model):
     torch.testing.assert_close(values["resample"][:, :, 1:], z[:, :, :-1])
     torch.testing.assert_close(values["resample"][:, :, 0], z[:, :, -1])
     assert values["zero"].abs().max() == 0
-    zeroed, _ = patching.ablate(model, [(list(range(len(batch.corrupt))), batch)], len(batch.corrupt), [(1, 2)],
+    zeroed = patching.ablate(model, [(list(range(len(batch.corrupt))), batch)], len(batch.corrupt), [(1, 2)],
                                 [values["zero"]])
 
     def zero(z, hook):
@@ -79,6 +113,32 @@ def test_ablation_values_zero_mean_and_resample_from_another_pair(model):
         return z
 
     torch.testing.assert_close(zeroed, patching.logit_diff_at_end(model, batch, hooks=[("blocks.1.attn.hook_z", zero)]))
+
+
+def test_greedy_answers_under_an_ablation_apply_it_to_the_context_only(model):
+    from analysis.scoring import greedy_answers, greedy_under_hooks
+
+    batch = _batch(model)
+    assert greedy_under_hooks(model, batch.corrupt, []) == greedy_answers(model, list(batch.corrupt))[1]
+
+    def zero(z, hook):
+        z = z.clone()
+        z[:, :, 2] = 0
+        return z
+
+    hooked = greedy_under_hooks(model, batch.corrupt, [("blocks.1.attn.hook_z", zero)], max_tokens=2)
+    context = batch.corrupt.shape[1]
+
+    def zero_context(z, hook):  # the same ablation on a whole run, at the context's positions only
+        z = z.clone()
+        z[:, :context, 2] = 0
+        return z
+
+    first = model.run_with_hooks(batch.corrupt, fwd_hooks=[("blocks.1.attn.hook_z", zero)])[:, -1].argmax(-1)
+    grown = torch.cat([batch.corrupt, first[:, None]], dim=1)
+    second = model.run_with_hooks(grown, fwd_hooks=[("blocks.1.attn.hook_z", zero_context)])[:, -1].argmax(-1)
+    assert hooked == [model.tokenizer.decode([a, b]) for a, b in zip(first.tolist(), second.tolist(), strict=True)]
+    assert hooked != greedy_under_hooks(model, batch.corrupt, [], max_tokens=2)  # the ablation changes answers
 
 
 def test_latent_attribution_equals_patching_the_latent_where_the_metric_is_linear():
@@ -123,13 +183,13 @@ def test_path_patching_splits_a_heads_effect_into_its_direct_path_and_its_paths_
     nodes = [(0, 1), (0, 2), *((1, h) for h in range(4))]
     direct, edges = patching.compute_path_patching(model, batch, nodes)
     corrupt = patching.logit_diff_at_end(model, batch)
-    total = patching.compute_component_patching(model, batch, nodes[:2]) - corrupt[:, None]
+    total = patching.compute_component_patching(model, batch, nodes[:2])[0] - corrupt[:, None]
     through = (edges[:, :2, 2:] - corrupt[:, None, None]).sum(-1)
     torch.testing.assert_close(total, direct[:, :2] - corrupt[:, None] + through, atol=1e-4, rtol=1e-4)
     assert through.abs().max() > 1 and (direct[:, :2] - corrupt[:, None]).abs().max() > 0.1
     # layer-1 heads are last: their whole effect is direct, and they reach no other node
     torch.testing.assert_close(direct[:, 2:] - corrupt[:, None],
-                               patching.compute_component_patching(model, batch, nodes[2:]) - corrupt[:, None])
+                               patching.compute_component_patching(model, batch, nodes[2:])[0] - corrupt[:, None])
     assert edges[:, 2:].isnan().all() and edges[:, :, :2].isnan().all() and not edges[:, :2, 2:].isnan().any()
 
 
@@ -144,7 +204,7 @@ def test_mean_ablation_over_one_prompt_equals_patching_that_prompt(model):
     batch = _batch(model)
     one = PairBatch(batch.corrupt[:1], batch.clean[:1], batch.error_ids[:1], batch.correct_ids[:1])
     heads = [(0, 1), (2, 3)]
-    ld, _ = patching.ablate(model, [([0], one)], 1, heads, [patching.ablation_values(model, one.clean)["mean"]])
+    ld = patching.ablate(model, [([0], one)], 1, heads, [patching.ablation_values(model, one.clean)["mean"]])
     _, clean = model.run_with_cache(one.clean, names_filter=lambda n: n.endswith("attn.hook_z"))
 
     def patch(layer: int, head: int):
