@@ -601,12 +601,17 @@ class SetResult(Schema):
 
 
 class ExamplesResult(Schema):
-    """The canonical query with and without the study's examples."""
+    """The canonical query with and without the study's examples, and after every context of
+    two doubles examples like the study's (doubles_contexts)."""
 
     with_examples: str
     without_examples: str
     p: dict[str, dict[str, float]]  # prompt kind -> answer name -> whole-answer probability
     greedy: dict[str, int | None]
+    n_contexts: int  # doubles contexts
+    error_rate: Estimate  # over them: the greedy answer is the misconception
+    p_misconception: Estimate  # whole-answer probabilities, mean over them
+    p_correct: Estimate
 
 
 class PatchingMetrics(Schema):
@@ -987,19 +992,40 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
     return result, tensors
 
 
+def doubles_contexts(query: str, avoid: set[int]) -> list[str]:
+    """The query after two solved doubles, `a + a = 2a. b + b = 2b.` (a != b, digits 0-9),
+    as in the study's `1 + 1 = 2. 2 + 2 = 4.`, leaving out examples whose answer is in
+    `avoid` (the answers scored, so that no example is a copy of one)."""
+    digits = [a for a in range(10) if 2 * a not in avoid]
+    return [f"{a} + {a} = {2 * a}. {b} + {b} = {2 * b}. {query}" for a in digits for b in digits if a != b]
+
+
 def examples_result(model, params: Params) -> ExamplesResult:
-    """The study's comparison: the canonical query after its examples and alone."""
+    """The study's comparison: the canonical query after its examples and alone, and after
+    each doubles context (doubles_contexts)."""
     answers = params.prompt.answers.model_dump()
-    kinds = {"with_examples": params.prompt.canonical, "without_examples": params.prompt.control}
-    p, greedy = {}, {}
-    for kind, text in kinds.items():
-        prepared = prepare_prompt(model, text, answers)
-        scores, read, _ = score_and_read(model, [prepared.tokens] * 2,
-                                         [prepared.answers[n].token_ids for n in answers], max_tokens=3)
-        p[kind] = dict(zip(answers, scores.logprob.exp().tolist(), strict=True))
-        greedy[kind] = read[0]
-    return ExamplesResult(with_examples=kinds["with_examples"], without_examples=kinds["without_examples"],
-                          p=p, greedy=greedy)
+    numbers = {name: int(text) for name, text in answers.items()}
+    contexts = doubles_contexts(params.prompt.control, set(numbers.values()))
+    texts = [params.prompt.canonical, params.prompt.control, *contexts]
+    prepared = [prepare_prompt(model, text, answers) for text in texts]
+    scores, read, _ = score_and_read(model, [q.tokens for q in prepared for _ in answers],
+                                     [q.answers[n].token_ids for q in prepared for n in answers], max_tokens=3)
+    p = scores.logprob.exp().reshape(len(texts), len(answers))
+    read = read[:: len(answers)]
+    kinds = ("with_examples", "without_examples")
+    stats = params.stats
+
+    def est(values: Tensor) -> Estimate:
+        return estimate_mean(values.double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+
+    column = {name: p[2:, i] for i, name in enumerate(answers)}
+    return ExamplesResult(
+        with_examples=texts[0], without_examples=texts[1],
+        p={kind: dict(zip(answers, p[i].tolist(), strict=True)) for i, kind in enumerate(kinds)},
+        greedy={kind: read[i] for i, kind in enumerate(kinds)},
+        n_contexts=len(contexts),
+        error_rate=est(torch.tensor([r == numbers["misconception"] for r in read[2:]])),
+        p_misconception=est(column["misconception"]), p_correct=est(column["correct"]))
 
 
 @dataclass(frozen=True)

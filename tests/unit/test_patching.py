@@ -311,3 +311,12 @@ def _node(name: str) -> tuple[int, int | None]:
         return int(name[3:]), None
     layer, head = name[1:].split("H")
     return int(layer), int(head)
+
+
+def test_doubles_contexts_hold_the_studys_prompt_and_never_an_answer_scored():
+    contexts = patching.doubles_contexts("5 + 5 =", {10, 6})
+    assert "1 + 1 = 2. 2 + 2 = 4. 5 + 5 =" in contexts
+    assert len(contexts) == len(set(contexts)) == 8 * 7  # digits 0-9 but 3 and 5, ordered pairs
+    for text in contexts:
+        a, b = (int(shot.split(" + ")[0]) for shot in text.split(". ")[:2])
+        assert a != b and text.endswith(". 5 + 5 =") and {2 * a, 2 * b}.isdisjoint({10, 6})
