@@ -35,12 +35,16 @@ Ablation: the heads whose exact effect passes `patching.ablate_threshold`, toget
 zero, mean (at each position, their mean output there over the clean prompts of the same
 length) and resample ablation (their output on another pair's clean prompt), and each
 alone by mean ablation; the joint mean ablation against the same number of random heads
-drawn `patching.random_draws` times. All changes are paired: ablated - corrupt per prompt.
+drawn `patching.random_draws` times. All changes are paired: ablated - corrupt per prompt,
+with sign-flip p-values; the joint ablations also as the whole-answer error rate (greedy
+answer, heads ablated at every position of the context).
 Wrong against right: over every pair's corrupt prompt, split by the greedy answer, the
 logit lens's LD by layer and the top heads' attention to the changed tokens.
 Circuit (only where the patched pairs show the error): nodes are the heads and MLPs whose
 exact effect passes `patching.circuit_node_threshold`; path patching measures each
 sender -> receiver edge and each node's direct effect on the logits (compute_path_patching).
+Examples against none: the canonical query after its examples, alone, and after every
+context of two doubles in the study's format (doubles_contexts).
 
     python -m analysis.patching --model smollm2-135m
 """

@@ -1,4 +1,5 @@
-"""Intervals for means over prompts: the percentile bootstrap, seeded and vectorised."""
+"""Intervals for means over prompts (the percentile bootstrap, seeded and vectorised), and
+p-values for paired changes (the sign-flip test)."""
 
 from __future__ import annotations
 
