@@ -575,6 +575,14 @@ class LatentEffect(Schema):
     p_value: float  # share of random draws that lower LD at least as much (with the +1 correction)
 
 
+class Peak(Schema):
+    """The largest mean effect of a residual-stream patching map, where it is, with its interval."""
+
+    layer: int
+    site: str
+    effect: Estimate  # normalised
+
+
 class SetResult(Schema):
     name: str
     description: str
@@ -590,6 +598,8 @@ class SetResult(Schema):
     site_tokens: list[str]  # the first pair's corrupt token at each site
     resid_exact: list[list[float]]  # (layer, site), normalised mean
     resid_reverse: list[list[float]]  # (layer, site), corrupt into clean: 0 is the clean run, 1 the corrupt one
+    resid_peak: Peak  # of resid_exact
+    resid_reverse_peak: Peak  # of resid_reverse
     resid_attribution: list[list[float]]
     mlp_exact: list[Estimate]  # per layer
     mlp_reverse: list[Estimate]  # per layer, corrupt into clean
@@ -959,7 +969,14 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
         return [estimate_mean(values[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
                 for l in range(model.cfg.n_layers)]
 
+    def peak(values: Tensor) -> Peak:
+        layer, site = divmod(int(values.mean(0).abs().argmax()), values.shape[2])
+        effect = estimate_mean(values[:, layer, site].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+        return Peak(layer=layer, site=sites[site], effect=effect)
+
     mlp_exact = per_layer(mlp)
+    sites = ["changed", *(f"{-k}" for k in range(params.patching.last_positions, 0, -1))]
+    resid, resid_reverse = _normalised(m.resid, m, gap), _normalised_reverse(m.resid_reverse, m, gap)
     erring, nodes = patched_on == ERRING, circuit_nodes(params, top, mlp_exact)
     with timed(f"{name} set: ablations and their random controls"):
         ablation = ablation_result(model, params, groups, n, m, top, [p.error for p in pairs], errs[chosen])
@@ -971,7 +988,6 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
         latents = [] if not erring else [latent_result(model, params, sae_name, sae, groups, n, m, gap)
                                          for sae_name, sae in saes.items()]
     first, first_clean = prepared[0]
-    sites = ["changed", *(f"{-k}" for k in range(params.patching.last_positions, 0, -1))]
     changed = (first.tokens != first_clean.tokens).nonzero()[:, 0].tolist()
     result = SetResult(
         name=name, description=SETS[name], n_pairs=len(all_pairs), n_dropped=params.patching.n_pairs - len(all_pairs),
@@ -980,8 +996,8 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
         corrupt=behaviour["corrupt"], clean=behaviour["clean"],
         mean_gap=gap, sites=sites,
         site_tokens=["+".join(first.str_tokens[i] for i in changed)] + list(first.str_tokens[-len(sites) + 1:]),
-        resid_exact=_normalised(m.resid, m, gap).mean(0).tolist(),
-        resid_reverse=_normalised_reverse(m.resid_reverse, m, gap).mean(0).tolist(),
+        resid_exact=resid.mean(0).tolist(), resid_reverse=resid_reverse.mean(0).tolist(),
+        resid_peak=peak(resid), resid_reverse_peak=peak(resid_reverse),
         resid_attribution=(m.resid_attribution / gap).mean(0).tolist(),
         mlp_exact=mlp_exact, mlp_reverse=per_layer(mlp_reverse),
         mlp_attribution=(m.mlp_attribution / gap).mean(0).tolist(),

@@ -290,6 +290,10 @@ def test_stage_on_a_tiny_model(model, tmp_path, monkeypatch):
         assert len(result.resid_exact) == 3 and len(result.resid_exact[0]) == 3 == len(result.sites)
         exact = torch.tensor(result.resid_exact)
         assert exact[0, 0].item() == pytest.approx(1.0, abs=1e-4)  # layer 0, every changed token: the clean run
+        for peak, values in ((result.resid_peak, exact), (result.resid_reverse_peak, torch.tensor(result.resid_reverse))):
+            assert abs(peak.effect.mean) == pytest.approx(values.abs().max().item(), abs=1e-6)
+            assert peak.effect.mean == pytest.approx(values[peak.layer, result.sites.index(peak.site)].item(), abs=1e-6)
+            assert peak.effect.low <= peak.effect.mean <= peak.effect.high and peak.effect.n == result.n_patched
         assert len(result.top_heads) == 4 and -1 <= result.rank_agreement_mlp <= 1
         cases = result.cases
         assert cases.n_error + cases.n_right <= result.n_pairs and len(cases.lens_right) == 3
