@@ -949,6 +949,19 @@ def error_set(name: str, params: Params) -> list[PromptPair]:
     return sequence_pairs(s.n_pairs, s.max_operand, s.seed)
 
 
+def _per_layer(values: Float[Tensor, "pair layer"], params: Params) -> list[Estimate]:
+    stats = params.stats
+    return [estimate_mean(values[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+            for l in range(values.shape[1])]
+
+
+def _peak(values: Float[Tensor, "pair layer site"], sites: list[str], params: Params) -> Peak:
+    stats = params.stats
+    layer, site = divmod(int(values.mean(0).abs().argmax()), values.shape[2])
+    effect = estimate_mean(values[:, layer, site].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
+    return Peak(layer=layer, site=sites[site], effect=effect)
+
+
 def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) -> tuple[SetResult, dict[str, Tensor]]:
     """Behaviour on every pair of the set; patching and ablation on a subset (patched_subset)."""
     with timed(f"{name} set: behaviour"):
@@ -963,18 +976,7 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
     with timed(f"{name} set: heads patched exactly"):
         top = confirm_heads(model, params, groups, n, m, gap)
     mlp, mlp_reverse = _normalised(m.mlp, m, gap), _normalised_reverse(m.mlp_reverse, m, gap)
-    stats = params.stats
-
-    def per_layer(values: Tensor) -> list[Estimate]:
-        return [estimate_mean(values[:, l].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
-                for l in range(model.cfg.n_layers)]
-
-    def peak(values: Tensor) -> Peak:
-        layer, site = divmod(int(values.mean(0).abs().argmax()), values.shape[2])
-        effect = estimate_mean(values[:, layer, site].double(), stats.bootstrap_resamples, params.seed, stats.ci_level)
-        return Peak(layer=layer, site=sites[site], effect=effect)
-
-    mlp_exact = per_layer(mlp)
+    mlp_exact = _per_layer(mlp, params)
     sites = ["changed", *(f"{-k}" for k in range(params.patching.last_positions, 0, -1))]
     resid, resid_reverse = _normalised(m.resid, m, gap), _normalised_reverse(m.resid_reverse, m, gap)
     erring, nodes = patched_on == ERRING, circuit_nodes(params, top, mlp_exact)
@@ -997,9 +999,9 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
         mean_gap=gap, sites=sites,
         site_tokens=["+".join(first.str_tokens[i] for i in changed)] + list(first.str_tokens[-len(sites) + 1:]),
         resid_exact=resid.mean(0).tolist(), resid_reverse=resid_reverse.mean(0).tolist(),
-        resid_peak=peak(resid), resid_reverse_peak=peak(resid_reverse),
+        resid_peak=_peak(resid, sites, params), resid_reverse_peak=_peak(resid_reverse, sites, params),
         resid_attribution=(m.resid_attribution / gap).mean(0).tolist(),
-        mlp_exact=mlp_exact, mlp_reverse=per_layer(mlp_reverse),
+        mlp_exact=mlp_exact, mlp_reverse=_per_layer(mlp_reverse, params),
         mlp_attribution=(m.mlp_attribution / gap).mean(0).tolist(),
         head_attribution=(m.head_attribution / gap).mean(0).tolist(), top_heads=top,
         rank_agreement_heads=spearman(torch.tensor([h.attribution for h in top]), torch.tensor([h.exact.mean for h in top])),
