@@ -10,6 +10,12 @@ For every pair a + b with a, b in 0..max_operand, in three conditions:
   every pair, so each pair appears exactly once per context);
 - study_context: after the canonical prompt's own examples ("1 + 1 = 2. 2 + 2 = 4.").
 
+Few-shot intervals resample contexts only: in each context every query of the grid is
+asked, so the grid is the whole population of queries, not a sample of it. Zero-shot and
+after the study's examples there is one context, so those rates are exact and carry no
+interval. Comparisons on the same queries (with a carry against without, with examples
+against without) are paired differences with their own intervals.
+
 Per prompt: the model's answer (greedy decoding, read as a number), whether it is right,
 and the error probability 1 - P(exactly the right number) from whole-answer scoring.
 Wrong answers are classified, not exclusively: a copy of an answer in the context, the
@@ -41,7 +47,7 @@ from analysis.arithmetic import ArithmeticPrompt, parse_arithmetic
 from analysis.prompts import PreparedPrompt, prepare_prompt
 from analysis.scoring import continues_number, score_and_read, score_answers
 from analysis.stage import run_stage
-from analysis.stats import Estimate, cluster_bootstrap
+from analysis.stats import Estimate, context_bootstrap
 
 STAGE = "behaviour"
 CONDITIONS = ("zero_shot", "few_shot", "study_context")
@@ -155,6 +161,7 @@ class Item(Schema):
     answers: list[int | None]  # per context
     accuracy: float
     p_correct: float  # mean over contexts
+    error_prob: Estimate  # 1 - P(right number), with its interval over contexts
 
 
 class ConditionResult(Schema):
@@ -162,7 +169,9 @@ class ConditionResult(Schema):
     n_contexts: int
     n_shots: int
     example_prompt: str
+    population: bool  # one context: every query of the grid, so rates are exact (no intervals)
     accuracy: dict[str, Estimate]  # all, carry, no_carry
+    carry_gap: Estimate  # accuracy without a carry minus with one, paired by context
     error_prob: dict[str, Estimate]
     n_wrong: int
     n_non_numeric: int
@@ -187,16 +196,19 @@ class FrequencyResult(Schema):
 
 class BehaviourMetrics(Schema):
     model: str
+    ci_level: float
     max_operand: int
     n_pairs: int
     conditions: dict[str, ConditionResult]
+    # error probability with examples minus without, on the same queries (paired)
+    error_vs_zero_shot: dict[str, Estimate]  # few_shot, study_context
     frequency: FrequencyResult
 
 
-def _estimate(values: Tensor, mask: Tensor | None, params: Params) -> Estimate:
-    mean, low, high, n = cluster_bootstrap(values, mask, params.stats.bootstrap_resamples, params.seed,
-                                           params.stats.ci_level)
-    return Estimate(mean=mean, low=low, high=high, n=n)
+def _estimate(values: Tensor, mask: Tensor | None, params: Params, minus: Tensor | None = None,
+              minus_mask: Tensor | None = None) -> Estimate:
+    return context_bootstrap(values, mask, params.stats.bootstrap_resamples, params.seed, params.stats.ci_level,
+                             minus, minus_mask)
 
 
 def frequent_wrong(answers: Int[Tensor, "context pair"], wrong: Bool[Tensor, "context pair"], top: int = 5
@@ -231,11 +243,14 @@ def summarize_condition(data: ConditionData, description: str, params: Params) -
             column = data.answers[:, index].tolist()
             items[f"{a} + {b}"] = Item(prompt=prompts[0][index].text, answers=[None if x < 0 else x for x in column],
                                        accuracy=correct[:, index].mean().item(),
-                                       p_correct=data.p_correct[:, index].mean().item())
+                                       p_correct=data.p_correct[:, index].mean().item(),
+                                       error_prob=_estimate(1 - data.p_correct[:, index, None].double(), None, params))
     return ConditionResult(
         description=description,
         n_contexts=len(prompts), n_shots=len(prompts[0][0].shots), example_prompt=prompts[0][0].text,
+        population=len(prompts) == 1,
         accuracy={k: _estimate(correct, m, params) for k, m in splits.items()},
+        carry_gap=_estimate(correct, ~carry, params, correct, carry),
         error_prob={k: _estimate(1 - data.p_correct.double(), m, params) for k, m in splits.items()},
         n_wrong=n_wrong, n_non_numeric=int(((data.answers < 0) & wrong).sum()),
         frequent_wrong=frequent_wrong(data.answers, wrong),
@@ -259,11 +274,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
         "few_shot": f"{settings.n_shots} random solved examples, {settings.n_contexts} seeded contexts",
         "study_context": "the canonical prompt's examples",
     }
-    results, tensors = {}, {}
+    results, tensors, error = {}, {}, {}
     for name in CONDITIONS:
         data = compute_condition(model, condition_prompts(contexts[name], settings.max_operand),
                                  settings.max_answer_tokens, continuing)
         results[name] = summarize_condition(data, descriptions[name], params)
+        error[name] = 1 - data.p_correct.double()
         size = settings.max_operand + 1
         tensors[f"{name}/answers"] = data.answers
         tensors[f"{name}/p_correct"] = data.p_correct
@@ -283,8 +299,11 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
     )
     tensors["frequency/prior_by_context"] = prior
     tensors["frequency/on_prompts"] = on_prompts
-    metrics = BehaviourMetrics(model=key, max_operand=settings.max_operand,
-                               n_pairs=(settings.max_operand + 1) ** 2, conditions=results, frequency=frequency)
+    paired = {name: _estimate(error[name], None, params, error["zero_shot"].expand_as(error[name]))
+              for name in ("few_shot", "study_context")}
+    metrics = BehaviourMetrics(model=key, ci_level=params.stats.ci_level, max_operand=settings.max_operand,
+                               n_pairs=(settings.max_operand + 1) ** 2, conditions=results,
+                               error_vs_zero_shot=paired, frequency=frequency)
     save_tensors(paths.tensors, tensors)
     save_json(paths.metrics, metrics)
     return metrics
@@ -320,7 +339,8 @@ def plot_summary(metrics: BehaviourMetrics):
         for offset, split, color in ((-width / 2, "no_carry", COLORS["correct"]), (width / 2, "carry", COLORS["misconception"])):
             estimates = [getattr(metrics.conditions[n], field)[split] for n in names]
             means = [e.mean for e in estimates]
-            errors = [[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]]
+            errors = [[0 if e.low is None else e.mean - e.low for e in estimates],
+                      [0 if e.high is None else e.high - e.mean for e in estimates]]
             ax.bar([i + offset for i in range(len(names))], means, width, yerr=errors, capsize=3, color=color,
                    label="carry (a + b ≥ 10)" if split == "carry" else "no carry")
         ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names])

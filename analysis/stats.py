@@ -10,7 +10,8 @@ from torch import Tensor
 
 
 class Estimate(BaseModel):
-    """A mean over prompts with its bootstrap interval (all None when there was nothing to average)."""
+    """A mean over prompts with its bootstrap interval (all None when there was nothing to
+    average; low and high None when the values are the whole population, not a sample)."""
 
     model_config = ConfigDict(extra="forbid")
     mean: float | None
@@ -37,31 +38,42 @@ def bootstrap_ci(values: Float[Tensor, "n *rest"], n_resamples: int, seed: int,
     return bounds[0].to(values.dtype), bounds[1].to(values.dtype)
 
 
-def cluster_bootstrap(values: Float[Tensor, "cluster item"], mask: Tensor | None, n_resamples: int, seed: int,
-                      level: float = 0.95) -> tuple[float | None, float | None, float | None, int]:
-    """(mean, low, high, n) of the masked values, with a two-stage percentile bootstrap.
+def context_bootstrap(values: Float[Tensor, "context item"], mask: Tensor | None, n_resamples: int, seed: int,
+                      level: float = 0.95, minus: Float[Tensor, "context item"] | None = None,
+                      minus_mask: Tensor | None = None) -> Estimate:
+    """The mean of the masked values over every (context, item), with an interval over contexts;
+    with `minus`, the difference of that mean and `minus`'s, paired by context.
 
-    Clusters (e.g. few-shot contexts) are resampled with replacement, then items (e.g.
-    a + b pairs) within each drawn cluster, so the interval carries both sources of
-    variation. With one cluster this is the ordinary bootstrap over items. An empty mask
-    gives (None, None, None, 0).
+    Each context (e.g. a seeded set of few-shot examples) is a draw from the ways to set the
+    examples; its items (e.g. every a + b of the grid) are the whole population of queries,
+    so only contexts are resampled: each bootstrap draw takes contexts with replacement and
+    pools their masked items (a ratio estimate). With one context nothing was sampled: the
+    mean is exact, and low and high are None. An empty mask gives mean None.
     """
-    values = values.double()
-    mask = torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
-    n = int(mask.sum())
-    if n == 0:
-        return None, None, None, 0
-    mean = values[mask].mean().item()
+    def pooled(v: Tensor, m: Tensor | None) -> tuple[Tensor, Tensor]:
+        m = torch.ones_like(v, dtype=torch.bool) if m is None else m.bool()
+        return (v.double() * m).sum(1), m.sum(1).double()
+
+    sums, counts = pooled(values, mask)
+    sums_b, counts_b = pooled(minus, minus_mask) if minus is not None else (None, None)
+    if counts.sum() == 0 or (counts_b is not None and counts_b.sum() == 0):
+        return Estimate(mean=None, low=None, high=None, n=0)
+
+    def statistic(index: Tensor) -> Tensor:
+        value = sums[index].sum(-1) / counts[index].sum(-1)
+        return value if sums_b is None else value - sums_b[index].sum(-1) / counts_b[index].sum(-1)
+
+    n_contexts = values.shape[0]
+    mean = statistic(torch.arange(n_contexts)).item()
+    if n_contexts == 1:
+        return Estimate(mean=mean, low=None, high=None, n=int(counts.sum()))
     generator = torch.Generator().manual_seed(seed)
-    n_clusters, n_items = values.shape
-    clusters = torch.randint(n_clusters, (n_resamples, n_clusters), generator=generator)
-    items = torch.randint(n_items, (n_resamples, n_clusters, n_items), generator=generator)
-    drawn = values[clusters[..., None], items]  # (resample, cluster, item)
-    weight = mask[clusters[..., None], items].double()
-    means = (drawn * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1)
+    draws = torch.randint(n_contexts, (n_resamples, n_contexts), generator=generator)
+    valid = (counts[draws].sum(1) > 0) & (True if counts_b is None else counts_b[draws].sum(1) > 0)
+    means = statistic(draws[valid])
     alpha = (1 - level) / 2
     low, high = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
-    return mean, low, high, n
+    return Estimate(mean=mean, low=low, high=high, n=int(counts.sum()))
 
 
 def estimate_mean(values: Float[Tensor, "n"], n_resamples: int, seed: int, level: float = 0.95) -> Estimate:

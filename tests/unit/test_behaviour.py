@@ -7,7 +7,7 @@ from helpers import char_tokenizer, make_params, tiny_model
 from analysis import behaviour
 from analysis.artifacts import StagePaths
 from analysis.prompts import ArithmeticPrompt, parse_arithmetic
-from analysis.stats import bootstrap_ci, cluster_bootstrap
+from analysis.stats import bootstrap_ci, context_bootstrap
 
 CANONICAL = parse_arithmetic("1 + 1 = 2. 2 + 2 = 4. 5 + 5 =")
 
@@ -62,23 +62,33 @@ def test_every_pair_is_covered_exactly_once_per_context():
         assert all(p.shots == context for p in row)
 
 
-def test_cluster_bootstrap_with_one_cluster_is_the_item_bootstrap():
+def test_one_context_is_the_whole_population_and_has_no_interval():
     values = (torch.rand(1, 200, generator=torch.Generator().manual_seed(0)) < 0.3).double()
-    mean, low, high, n = cluster_bootstrap(values, None, 4000, seed=0)
-    assert mean == pytest.approx(values.mean().item()) and n == 200 and low < mean < high
-    item_low, item_high = bootstrap_ci(values[0], 4000, seed=1)  # other draws, the same distribution
-    assert abs(low - item_low.item()) <= 0.02 and abs(high - item_high.item()) <= 0.02
-    half_width = 1.96 * (mean * (1 - mean) / 200) ** 0.5  # the normal approximation agrees
-    assert (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    e = context_bootstrap(values, None, 4000, seed=0)
+    assert e.mean == pytest.approx(values.mean().item()) and e.n == 200
+    assert e.low is None and e.high is None
 
 
-def test_cluster_bootstrap_respects_the_mask_and_cluster_spread():
+def test_context_bootstrap_resamples_contexts_not_queries():
+    # every context has the same mean: resampling contexts cannot move it, however the queries vary
+    values = torch.tensor([[1.0, 0.0, 1.0, 0.0]] * 5)
+    e = context_bootstrap(values, None, 2000, seed=1)
+    assert (e.mean, e.low, e.high) == (0.5, 0.5, 0.5)
+    # two contexts that disagree completely span the whole range
     values = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     mask = torch.tensor([[True, True, False], [True, True, False]])
-    mean, low, high, n = cluster_bootstrap(values, mask, 2000, seed=1)
-    assert (mean, n) == (0.5, 4)
-    assert low == 0.0 and high == 1.0  # two clusters that disagree completely
-    assert cluster_bootstrap(values, torch.zeros_like(mask), 100, seed=0) == (None, None, None, 0)
+    e = context_bootstrap(values, mask, 2000, seed=1)
+    assert (e.mean, e.n, e.low, e.high) == (0.5, 4, 0.0, 1.0)
+    assert context_bootstrap(values, torch.zeros_like(mask), 100, seed=0).mean is None
+
+
+def test_context_bootstrap_of_a_difference_is_paired_by_context():
+    # a and b vary a lot between contexts, but a - b is 0.1 in every context: a tight interval
+    base = torch.linspace(0, 0.8, 30)[:, None].expand(30, 10)
+    e = context_bootstrap(base + 0.1, None, 2000, seed=0, minus=base)
+    assert e.mean == pytest.approx(0.1) and e.low == pytest.approx(0.1) and e.high == pytest.approx(0.1)
+    a, b = context_bootstrap(base + 0.1, None, 2000, seed=0), context_bootstrap(base, None, 2000, seed=0)
+    assert a.low < b.high  # the separate intervals overlap: "one wholly above the other" would miss it
 
 
 def test_stage_on_a_tiny_model(tmp_path):
@@ -99,3 +109,12 @@ def test_stage_on_a_tiny_model(tmp_path):
     assert few.n_wrong == int((answers != truth).sum())
     assert tensors["zero_shot/accuracy_grid"].shape == (6, 6)
     assert len(metrics.frequency.prior) == 11 and all(0 <= p <= 1 for p in metrics.frequency.prior)
+    zero = metrics.conditions["zero_shot"]
+    assert zero.population and zero.accuracy["all"].low is None and not few.population
+    correct = (answers == truth).double()
+    carry = truth >= 10
+    assert few.carry_gap.mean == pytest.approx(correct[:, ~carry].mean().item() - correct[:, carry].mean().item())
+    zero_error = 1 - tensors["zero_shot/p_correct"].double()
+    assert metrics.error_vs_zero_shot["few_shot"].mean == pytest.approx(
+        (1 - p_correct.double()).mean().item() - zero_error.mean().item())
+    assert metrics.ci_level == params.stats.ci_level
