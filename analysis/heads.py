@@ -36,6 +36,7 @@ from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.arithmetic import parse_arithmetic
 from analysis.prompts import (
     PreparedPrompt,
+    whole_copy,
     equal_length_batches,
     prepare_arithmetic,
     prepare_family,
@@ -254,11 +255,13 @@ class HeadAblation(Schema):
     head: int
     roles: list[str]
     canonical: dict[str, float]  # change in first-token probability: correct, misconception
-    family: dict[str, Estimate]  # mean change over the family: correct, copy
+    family: dict[str, Estimate]  # mean change over the family: correct; copy (on the whole-copy prompts)
 
 
 class HeadsMetrics(Schema):
     model: str
+    ci_level: float
+    n_copy_prompts: int  # family prompts whose copy is one token after the context (prompts.whole_copy)
     n_layers: int
     n_heads: int
     prompt: str
@@ -273,7 +276,7 @@ class HeadsMetrics(Schema):
     dla: list[list[float]]
     dla_total: float  # the model's logit(misconception) - logit(correct)
     dla_parts: dict[str, float]  # heads, mlp, attn_bias, embed, unembed_bias: they sum to dla_total
-    copy_dla_family: Interval
+    copy_dla_family: Interval  # on the whole-copy prompts
     top_heads: list[HeadSummary]
     top_dla_heads: list[HeadSummary]  # the heads that push the misconception most (canonical DLA)
     top_induction_head: HeadSummary
@@ -321,7 +324,7 @@ class FamilyScores:
     prompts: list  # the family's ArithmeticPrompts
     prepared: list[PreparedPrompt]
     attention: Float[Tensor, "prompt layer head"]  # final position -> previous example's answer
-    copy_dla: Float[Tensor, "prompt layer head"]  # logit(copy) - logit(correct), direct
+    copy_dla: Float[Tensor, "copy_prompt layer head"]  # logit(copy) - logit(correct), direct (whole_copy)
     attention_ci: tuple[Tensor, Tensor]
     copy_dla_ci: tuple[Tensor, Tensor]
 
@@ -329,7 +332,7 @@ class FamilyScores:
 def family_scores(model, params: Params) -> FamilyScores:
     prompts, prepared = prepare_family(model, params.family)
     attention = _final_attention_of(model, prompts, prepared).to_shot_answers[..., -1]
-    copy_dla = _copy_dla_of(model, prepared)
+    copy_dla = _copy_dla_of(model, prepared)[whole_copy(prepared)]
     n_boot, level = params.stats.bootstrap_resamples, params.stats.ci_level
     return FamilyScores(prompts, prepared, attention, copy_dla,
                         bootstrap_ci(attention, n_boot, params.seed, level),
@@ -380,6 +383,11 @@ def ablate_heads(model, params: Params, roles: dict[tuple[int, int], list[str]],
     n_boot, level, seed = params.stats.bootstrap_resamples, params.stats.ci_level, params.seed
     base_canonical = first_token_probs(model, [prepared], ("correct", "misconception"))[0]
     base_family = first_token_probs(model, family, ("correct", "copy"))
+    copy_rows = whole_copy(family)
+
+    def change(delta: Tensor, column: int) -> Estimate:
+        return estimate_mean(delta[copy_rows, column] if column else delta[:, column], n_boot, seed, level)
+
     ablations = []
     for (layer, head), head_roles_ in roles.items():
         value = mean_head_output(model, family, layer, head) if params.heads.ablation == "mean" else None
@@ -389,10 +397,10 @@ def ablate_heads(model, params: Params, roles: dict[tuple[int, int], list[str]],
         ablations.append(HeadAblation(
             layer=layer, head=head, roles=head_roles_,
             canonical={"correct": canonical[0].item(), "misconception": canonical[1].item()},
-            family={name: estimate_mean(delta[:, i], n_boot, seed, level) for i, name in enumerate(("correct", "copy"))},
+            family={name: change(delta, i) for i, name in enumerate(("correct", "copy"))},
         ))
     return ({"correct": base_canonical[0].item(), "misconception": base_canonical[1].item()},
-            {"correct": base_family[:, 0].mean().item(), "copy": base_family[:, 1].mean().item()}, ablations)
+            {"correct": base_family[:, 0].mean().item(), "copy": base_family[copy_rows, 1].mean().item()}, ablations)
 
 
 def spacing_attention(model, params: Params, heads: list[list[int]]) -> dict[str, SpacingAttention]:
@@ -440,11 +448,11 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
 
     def interval(values: Tensor, ci: tuple[Tensor, Tensor]) -> Interval:
         return Interval(mean=values.mean(0).tolist(), low=ci[0].tolist(), high=ci[1].tolist(),
-                        n_prompts=len(fam.prompts))
+                        n_prompts=len(values))
 
     metrics = HeadsMetrics(
-        model=key, n_layers=model.cfg.n_layers, n_heads=n_heads,
-        prompt=prepared.context, control_prompt=control.context,
+        model=key, ci_level=params.stats.ci_level, n_layers=model.cfg.n_layers, n_heads=n_heads,
+        n_copy_prompts=len(fam.copy_dla), prompt=prepared.context, control_prompt=control.context,
         prompt_tokens=list(prepared.str_tokens), control_tokens=list(control.str_tokens),
         induction_score=induction.tolist(), prev_token_score=previous.tolist(),
         context_answer_attention=canon_prev.tolist(),
@@ -508,11 +516,23 @@ def plot_head_scores(metrics: HeadsMetrics):
     return fig
 
 
+def token_label(token: str) -> str:
+    """A token as a tick label: spaces as "_" (plain, so that every font draws it), "∅" if empty."""
+    return token.replace(" ", "_") or "∅"
+
+
+def sink_free_max(pattern: Float[Tensor, "query key"]) -> float:
+    """The largest attention to any key but the first. Most heads park spare attention on the
+    first token (an attention sink); a colour scale up to that would flatten the rest."""
+    rest = pattern[1:, 1:] if pattern.shape[1] > 1 else pattern
+    return max(float(rest.max()), 1e-3)
+
+
 def _pattern_axes(ax, pattern: Tensor, tokens: list[str], title: str, fig, show_keys: bool = True):
-    image = ax.imshow(pattern.numpy(), cmap="Reds", vmin=0, vmax=1, interpolation="nearest")
-    labels = [t.replace(" ", "␣") or "∅" for t in tokens]
-    ax.set_yticks(range(len(tokens)), labels, fontsize=6)
-    ax.set_xticks(range(len(tokens)), labels if show_keys else [], fontsize=6, rotation=90)
+    image = ax.imshow(pattern.numpy(), cmap="Reds", vmin=0, vmax=sink_free_max(pattern), interpolation="nearest")
+    labels = [token_label(t) for t in tokens]
+    ax.set_yticks(range(len(tokens)), labels, fontsize=7)
+    ax.set_xticks(range(len(tokens)), labels if show_keys else [], fontsize=7, rotation=90)
     ax.set_title(title, fontsize=8)
     ax.grid(False)
     return image
@@ -535,14 +555,18 @@ def plot_attention_patterns(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
     from matplotlib.figure import Figure
 
     heads = metrics.figure_heads
-    fig = Figure(figsize=(3.3 * len(heads), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(heads), squeeze=False)[0]
-    for ax, (layer, head) in zip(axes, heads, strict=True):
+    n_cols = min(len(heads), 2)
+    n_rows = -(-len(heads) // n_cols)
+    fig = Figure(figsize=(6.8, 3.5 * n_rows), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).flatten()
+    for ax, (layer, head) in zip(axes, heads, strict=False):
         image = _pattern_axes(ax, tensors["pattern_canonical"][layer, head], metrics.prompt_tokens,
                               _head_title(metrics, layer, head), fig)
         ax.set_xlabel("key")
-    axes[0].set_ylabel("query")
-    fig.colorbar(image, ax=list(axes), shrink=0.7, label="attention")
+        ax.set_ylabel("query")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="attention (first key clipped)")
+    for ax in axes[len(heads):]:
+        ax.set_visible(False)
     return fig
 
 
@@ -560,7 +584,7 @@ def plot_control_comparison(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
             ax = axes[row, col]
             final = tensors[f"pattern_{name}"][layer, head, len(tokens) - 1, : len(tokens)]
             ax.bar(range(len(tokens)), final.numpy(), color=COLORS["misconception" if col == 0 else "control"])
-            ax.set_xticks(range(len(tokens)), [t.replace(" ", "␣") for t in tokens], fontsize=6, rotation=90)
+            ax.set_xticks(range(len(tokens)), [token_label(t) for t in tokens], fontsize=7, rotation=90)
             ax.set_ylim(0, 1)
             ax.set_title(f"{_head_title(metrics, layer, head)}: canonical prompt" if col == 0 else "control prompt",
                          fontsize=8)

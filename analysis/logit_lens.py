@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from pydantic import model_validator
 from torch import Tensor
 
@@ -28,7 +28,7 @@ from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.report import quote_token
-from analysis.prompts import PreparedPrompt, prepare_family, prepare_prompt, run_by_length
+from analysis.prompts import PreparedPrompt, prepare_family, prepare_prompt, run_by_length, whole_copy
 from analysis.scoring import score_answers
 from analysis.stage import run_stage
 from analysis.stats import bootstrap_ci
@@ -79,8 +79,10 @@ class Band(Schema):
 
 class FamilyLens(Schema):
     n_prompts: int
+    ci_level: float
     correct: Band  # the right answer's first token
-    previous_answer: Band  # the previous example's answer's first token (a copy)
+    n_copy_prompts: int  # the prompts whose copy is one token after the context (prompts.whole_copy)
+    previous_answer: Band  # the previous example's answer's first token (a copy), on those prompts
 
 
 class LogitLensMetrics(Schema):
@@ -149,12 +151,15 @@ def compute_family_lens(model, prepared: list[PreparedPrompt]) -> Float[Tensor, 
     return run_by_length(prepared, lens_of)
 
 
-def summarize_family(values: Float[Tensor, "prompt layer 2"], params: Params) -> FamilyLens:
+def summarize_family(values: Float[Tensor, "prompt layer 2"], copy_rows: Bool[Tensor, "prompt"],
+                     params: Params) -> FamilyLens:
     bands = {}
     for col, name in enumerate(("correct", "previous_answer")):
-        low, high = bootstrap_ci(values[..., col], params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
-        bands[name] = Band(mean=values[..., col].mean(0).tolist(), low=low.tolist(), high=high.tolist())
-    return FamilyLens(n_prompts=len(values), **bands)
+        rows = values[..., col] if name == "correct" else values[copy_rows, :, col]
+        low, high = bootstrap_ci(rows, params.stats.bootstrap_resamples, params.seed, params.stats.ci_level)
+        bands[name] = Band(mean=rows.mean(0).tolist(), low=low.tolist(), high=high.tolist())
+    return FamilyLens(n_prompts=len(values), ci_level=params.stats.ci_level, n_copy_prompts=int(copy_rows.sum()),
+                      **bands)
 
 
 # --- figure ----------------------------------------------------------------------------
@@ -223,7 +228,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
                         decode=lambda i: model.tokenizer.decode([i]))
     _, family = prepare_family(model, params.family)
     family_lens = compute_family_lens(model, family)
-    metrics.family = summarize_family(family_lens, params)
+    metrics.family = summarize_family(family_lens, whole_copy(family), params)
     save_tensors(paths.tensors, {
         "lens_probs": lens.probs[0][:, prepared.first_token_ids],  # (layer, [correct, misconception])
         "output_probs": lens.output_probs[0],

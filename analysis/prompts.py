@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from analysis.arithmetic import ArithmeticPrompt, few_shot_family, parse_arithmetic
@@ -113,6 +113,14 @@ def prepare_family(model, family: FamilyParams) -> tuple[list[ArithmeticPrompt],
     prepared = [prepare_prompt(model, p.text, {"correct": f" {p.answer}", "copy": f" {p.shot_answers[-1]}"})
                 for p in prompts]
     return prompts, prepared
+
+
+def whole_copy(prepared: list[PreparedPrompt]) -> Bool[Tensor, "prompt"]:
+    """Prompts on which the copy's first distinguishing token is the whole copy. Where the
+    previous answer has more tokens after the context (SmolLM2 writes 12 as " 1", "2"), its
+    first token also begins other numbers (" 1" begins 10 to 19), so its probability is not
+    that of a copy; analyses of the copy leave those prompts out."""
+    return torch.tensor([len(p.answers["copy"].token_ids) == 1 for p in prepared])
 
 
 def prepare_arithmetic(model, text: str, answers: Mapping[str, str]) -> tuple[ArithmeticPrompt, PreparedPrompt]:

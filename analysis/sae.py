@@ -38,7 +38,7 @@ from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save
 from analysis.params import Params, SaeParams, hook_layer
 from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.report import quote_token
-from analysis.prompts import PreparedPrompt, prepare_arithmetic, prepare_family, prepare_prompt
+from analysis.prompts import PreparedPrompt, prepare_arithmetic, prepare_family, prepare_prompt, whole_copy
 from analysis.scoring import first_token_probs, score_answers
 from analysis.stage import run_stage
 from analysis.stats import Estimate, estimate_mean
@@ -186,6 +186,7 @@ class SaeResult(Schema):
     n_active_control: int
     top_by_activation: list[int]
     top_by_attribution: list[int]
+    top_favouring_error: list[int]  # of all latents, the largest positive attributions (favour the misconception)
     reported: list[int]  # features params.yaml asks for, whatever their rank
     features: dict[str, Feature]
     spacing: dict[str, SpacingResult]
@@ -193,6 +194,7 @@ class SaeResult(Schema):
 
 class SaeMetrics(Schema):
     model: str
+    ci_level: float
     prompt: str
     control_prompt: str
     attribution_metric: str
@@ -231,10 +233,11 @@ def ablate_feature(model, params: Params, sae, hook: str, feature: int, value: f
     stats = params.stats
     canonical = ablated_probs(model, sae, hook, [prepared], ("correct", "misconception"), feature, value)[0] - base[0]
     delta = ablated_probs(model, sae, hook, family, ("correct", "copy"), feature, value) - base[1]
+    rows = {"correct": delta[:, 0], "copy": delta[whole_copy(family), 1]}
     fields = dict(
         ablation_canonical={"correct": canonical[0].item(), "misconception": canonical[1].item()},
-        ablation_family={name: estimate_mean(delta[:, col], stats.bootstrap_resamples, params.seed, stats.ci_level)
-                         for col, name in enumerate(("correct", "copy"))},
+        ablation_family={name: estimate_mean(values, stats.bootstrap_resamples, params.seed, stats.ci_level)
+                         for name, values in rows.items()},
     )
     return fields, delta
 
@@ -262,7 +265,9 @@ def analyse_sae(model, params: Params, spec: SaeParams, sae, mean_activation: Te
     control_latents = final_latents(model, sae, spec.hook, control.tokens)
     by_activation = attr.activations.topk(settings.top_k).indices.tolist()
     by_attribution = attr.attribution.abs().topk(settings.top_k).indices.tolist()
-    ids = feature_order(by_activation, by_attribution, list(spec.report_features))
+    favouring = attr.attribution.topk(settings.top_k)
+    favour_error = [i for i, a in zip(favouring.indices.tolist(), favouring.values.tolist(), strict=True) if a > 0]
+    ids = feature_order(by_activation, by_attribution, favour_error, list(spec.report_features))
     effects = direct_logit_effects(model, decoder_directions(sae, ids), final_norm_scale(model, prepared.tokens))
     base = (ablated_probs(model, sae, spec.hook, [prepared], ("correct", "misconception"), None)[0],
             ablated_probs(model, sae, spec.hook, family, ("correct", "copy"), None))
@@ -278,7 +283,8 @@ def analyse_sae(model, params: Params, spec: SaeParams, sae, mean_activation: Te
         source=spec.source, hook=spec.hook, d_sae=sae.cfg.d_sae, release=spec.release, sae_id=spec.sae_id,
         neuronpedia=spec.neuronpedia, quality=quality, metric=attr.metric,
         n_active=int((attr.activations > 0).sum()), n_active_control=int((control_latents > 0).sum()),
-        top_by_activation=by_activation, top_by_attribution=by_attribution, reported=list(spec.report_features),
+        top_by_activation=by_activation, top_by_attribution=by_attribution, top_favouring_error=favour_error,
+        reported=list(spec.report_features),
         features=features, spacing=spacing_results(model, params, sae, spec.hook, ids),
     )
     tensors = {"activations": attr.activations, "gradients": attr.gradients, "control_activations": control_latents,
@@ -304,7 +310,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeMetrics:
                                                  trained.saes[name].quality, prepared, control, family)
         tensors.update({f"{name}/{k}": v for k, v in sae_tensors.items()})
     metrics = SaeMetrics(
-        model=key, prompt=prepared.context, control_prompt=control.context,
+        model=key, ci_level=params.stats.ci_level, prompt=prepared.context, control_prompt=control.context,
         attribution_metric=params.sae.attribution_metric, ablation=params.sae.ablation,
         answers={n: prepared.answers[n].first_token for n in ("correct", "misconception")},
         n_family_prompts=len(family), saes=results,
