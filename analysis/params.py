@@ -36,6 +36,7 @@ PARAMS_FILE = Path("params.yaml")
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
 Text = Annotated[str, Field(strict=True)]
+Probability = Annotated[float, Field(strict=True, ge=0, le=1)]
 
 
 class ParamsError(ValueError):
@@ -221,6 +222,38 @@ class PatchingParams(Section):
     latent_match_window: PositiveInt  # random control latents: within this many ranks of mean activation
 
 
+class StudyFacts(Section):
+    """Numbers Yamada (2026) reports, cited beside the measurements that test them."""
+
+    correct_lens_max: Probability  # the correct answer's highest logit-lens probability
+    misconception_layers: Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]  # where 6 rises
+    n_layers: PositiveInt  # GPT-2 small's
+    head_to_previous_answer: Probability  # L8H6's attention to the previous answer
+    head_to_operand: Probability  # and to the current operand
+    head_ablation: float  # change in the error rate when L8H6 is removed
+    feature: NonNegativeInt  # the SAE feature it reports
+    feature_layer: NonNegativeInt  # "layer 9 MLP"
+    feature_activation: float
+    feature_logit_misconception: float
+    feature_logit_correct: float
+    feature_ablation: float  # change in the error rate when the feature is ablated
+    error_zero_shot: Probability
+    error_few_shot: Probability
+    error_nine_plus_nine: Probability
+
+
+class ClaimsParams(Section):
+    """The rules that test the study's claims (analysis/claims.py)."""
+
+    alpha: Annotated[float, Field(strict=True, gt=0, lt=1)]  # a p-value below this is an effect
+    attends: Probability  # attention (the interval's lower end) that counts as attending
+    operand_attention: Probability  # "not to the operand": below this
+    induction_score: Annotated[float, Field(strict=True, gt=0, le=1)]  # makes a head an induction head
+    late_layers: Probability  # "late layers": at or after this fraction of the depth
+    majority: Probability  # "most of the time": a rate above this
+    study: StudyFacts
+
+
 class PaperParams(Section):
     date: Text
 
@@ -247,6 +280,7 @@ class Params(Section):
     sae_train: SaeTrainParams
     sae: SaeAnalysisParams
     patching: PatchingParams
+    claims: ClaimsParams
     paper: PaperParams
 
     def model(self, key: str) -> ModelParams:

@@ -1,0 +1,375 @@
+"""What the data support: each claim of Yamada (2026), tested on this build's results.
+
+Not a DVC stage: the paper (`paper@<model>`) calls `evaluate` on the results it reads,
+with the rules' thresholds and the study's own numbers from params.yaml `claims`. Every
+claim is a function of the results that returns a `Claim`: the study's statement, the rule
+that tests it here, the measurement that decides it, and the verdict.
+
+    python -m analysis.claims --model smollm2-135m   # the table, from the cached results
+
+Verdicts: `supported` (the deciding measurement meets the rule), `contradicted` (it meets
+the rule's opposite), `inconclusive` (neither: an interval that straddles the threshold),
+`mixed` (holds in some conditions and is reversed in others) and `not testable` (this
+model's results cannot test it; the measured column says why).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from analysis.params import ClaimsParams, Params
+from analysis.report import ci, head, num, pct, prob, tok
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED, NOT_TESTABLE = (
+    "supported", "contradicted", "inconclusive", "mixed", "not testable")
+ERRING = "pairs where the model gives the error"  # patching.ERRING, without importing torch
+CONDITION_NAMES = {"zero_shot": "zero-shot", "few_shot": "few-shot", "study_context": "after the study's examples"}
+
+
+@dataclass(frozen=True)
+class Claim:
+    claim: str  # the study's statement
+    rule: str  # how it is tested here, thresholds included
+    measured: str  # the measurement that decides it
+    verdict: str
+    key: str = ""  # the rule's function name, set by `evaluate`
+
+
+@dataclass(frozen=True)
+class Results:
+    """The results the claims read: one stage's metrics each (the paper's loaded objects)."""
+
+    lens: Any
+    heads: Any
+    behaviour: Any
+    sae: Any
+    patching: Any
+
+
+def above(e, threshold: float = 0.0) -> str:
+    """An estimate against a threshold: its interval wholly above (supported), wholly below
+    (contradicted), or across it; an exact value (no interval) is compared as it is."""
+    low, high = (e.mean, e.mean) if e.low is None else (e.low, e.high)
+    return SUPPORTED if low > threshold else CONTRADICTED if high < threshold else INCONCLUSIVE
+
+
+def below(e, threshold: float = 0.0) -> str:
+    return {SUPPORTED: CONTRADICTED, CONTRADICTED: SUPPORTED}.get(above(e, threshold), INCONCLUSIVE)
+
+
+def est(e, fmt: Callable[[float], str] = pct) -> str:
+    """'12.0% [8.1%, 15.5%]', or 'x (exact)' for a whole population."""
+    return f"{fmt(e.mean)} (exact)" if e.low is None else f"{fmt(e.mean)} {ci(e.low, e.high, fmt)}"
+
+
+def points(e) -> str:
+    """A change in a rate, in percentage points, with its interval: '−3.1 [−5.0, −1.2] points'."""
+    return est(e, lambda x: num(100 * x, 1)) + " points"
+
+
+def signed(x: float) -> str:
+    return num(x, 2)
+
+
+# --- the model's answer and the logit lens ----------------------------------------------
+
+def canonical_answer(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    wrong, right = r.lens.misconception, r.lens.correct
+    return Claim(f"The model completes {tok(p.prompt.canonical)} with {wrong.text.strip()} rather than "
+                 f"{right.text.strip()}.",
+                 "whole-answer probability of the misconception above the correct answer's",
+                 f"P({tok(wrong.text)}) = {prob(wrong.answer_prob, 2)}, P({tok(right.text)}) = {prob(right.answer_prob, 2)}",
+                 SUPPORTED if wrong.answer_prob > right.answer_prob else CONTRADICTED)
+
+
+def doubles_contexts(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    ex = r.patching.examples
+    wrong = r.lens.misconception.text.strip()
+    return Claim(f"The error is not one prompt's: examples of doubles lead the model to {wrong}.",
+                 f"greedy answer {wrong} after the contexts of two doubles in the study's format, the rate's "
+                 f"interval over contexts above {pct(c.majority, 0)}",
+                 f"{est(ex.error_rate)} of {ex.n_contexts} contexts", above(ex.error_rate, c.majority))
+
+
+def lens_correct_low(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    right = r.lens.correct
+    peak = max(right.prob_by_layer)
+    return Claim(f"The correct answer stays below {pct(c.study.correct_lens_max)} at every layer (logit lens).",
+                 "highest lens probability of the correct answer's first token, over layers, below that bound",
+                 f"{prob(peak, 2)} at layer {right.peak_layer} ({tok(right.first_token)})",
+                 SUPPORTED if peak < c.study.correct_lens_max else CONTRADICTED)
+
+
+def lens_late(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    wrong, n = r.lens.misconception, r.lens.n_layers
+    first, last = c.study.misconception_layers
+    return Claim(f"The misconception rises in the late layers (GPT-2 small: layers {first}–{last} of "
+                 f"{c.study.n_layers}).",
+                 f"its lens probability peaks at or after {pct(c.late_layers, 0)} of the depth",
+                 f"peaks at layer {wrong.peak_layer} of {n} ({prob(max(wrong.prob_by_layer), 2)})",
+                 SUPPORTED if wrong.peak_layer >= c.late_layers * (n - 1) else CONTRADICTED)
+
+
+# --- heads ------------------------------------------------------------------------------
+
+def named_head(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    cfg = r.heads.configured_head
+    study = c.study
+    text = (f"The study's head attends to the previous answer ({num(study.head_to_previous_answer, 3)}) and not "
+            f"to the current operand ({num(study.head_to_operand, 4)}).")
+    rule = (f"on the canonical prompt, attention to the previous answer at least {num(c.attends, 2)} and to the "
+            f"query's operands below {num(c.operand_attention, 2)}")
+    if cfg is None:
+        return Claim(text, rule, "no head is named for this model (the study's is a head of GPT-2 small)",
+                     NOT_TESTABLE)
+    attends, ignores = cfg.to_previous_answer >= c.attends, cfg.to_current_operands < c.operand_attention
+    return Claim(text.replace("The study's head", f"Head {head(cfg.layer, cfg.head)}"), rule,
+                 f"{num(cfg.to_previous_answer, 3)} to the previous answer, {num(cfg.to_current_operands, 4)} to "
+                 f"the operands; rank {cfg.rank_by_family_attention} by attention over the family",
+                 SUPPORTED if attends and ignores else CONTRADICTED if not attends else INCONCLUSIVE)
+
+
+def _attending(r: Results, c: ClaimsParams) -> list:
+    return [h for h in r.heads.top_heads if h.family_low >= c.attends]
+
+
+def head_attends(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    top = r.heads.top_heads[0]
+    fam = r.heads.context_answer_attention_family
+    verdict = (SUPPORTED if top.family_low >= c.attends else CONTRADICTED if top.family_high < c.attends
+               else INCONCLUSIVE)
+    return Claim("A head attends from the final position to the previous example's answer.",
+                 f"the strongest head's mean attention over the family, its interval's lower end at least "
+                 f"{num(c.attends, 2)}",
+                 f"{head(top.layer, top.head)}: {num(top.family_mean, 3)} {ci(top.family_low, top.family_high, lambda x: num(x, 3))} "
+                 f"over {fam.n_prompts} prompts", verdict)
+
+
+def head_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    """Attending is not copying: a head that attends must also push the copy over the right answer."""
+    hd, attending = r.heads, _attending(r, c)
+    rule = ("a head that attends (as above) also raises logit(copy) − logit(correct) directly: its copy DLA "
+            f"interval over the family above 0 ({hd.copy_dla_family.n_prompts} prompts whose copy is one token)")
+    text = "That head copies the previous answer into the prediction."
+    if not attending:
+        return Claim(text, rule, "no head attends by that rule", CONTRADICTED)
+    dla = hd.copy_dla_family
+    scored = [(h, dla.mean[h.layer][h.head], dla.low[h.layer][h.head], dla.high[h.layer][h.head]) for h in attending]
+    measured = "; ".join(f"{head(h.layer, h.head)}: copy DLA {num(m, 2)} {ci(lo, hi, signed)}" for h, m, lo, hi in scored)
+    verdict = (SUPPORTED if any(lo > 0 for *_, lo, _ in scored) else
+               CONTRADICTED if all(hi < 0 for *_, hi in scored) else INCONCLUSIVE)
+    return Claim(text, rule, measured, verdict)
+
+
+def induction_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    hd = r.heads
+    rule = (f"a head with induction score at least {num(c.induction_score, 2)}, zeroed or mean-ablated, lowers "
+            "the first-token probability of the copy over the family (interval below 0)")
+    text = "The copying head is an induction head: removing it lowers the copy."
+    ablated = [a for a in hd.ablations if hd.induction_score[a.layer][a.head] >= c.induction_score]
+    if not ablated:
+        return Claim(text, rule, "no head with that induction score was ablated", NOT_TESTABLE)
+    measured = "; ".join(
+        f"{head(a.layer, a.head)} (induction {num(hd.induction_score[a.layer][a.head], 2)}): "
+        f"ΔP(copy) {est(a.family['copy'], lambda x: num(x, 3))}, ΔP(correct) {est(a.family['correct'], lambda x: num(x, 3))}"
+        for a in ablated)
+    verdicts = [below(a.family["copy"]) for a in ablated]
+    verdict = SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED} else INCONCLUSIVE
+    return Claim(text, rule, measured, verdict)
+
+
+def _erring_sets(r: Results) -> list:
+    return [s for s in r.patching.sets.values() if s.patched_on == ERRING]
+
+
+def head_ablation_error(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    text = f"Removing the copying head lowers the error (study: {num(100 * c.study.head_ablation, 1)} points)."
+    rule = ("on an error set the model makes, mean-ablating the heads that patching finds lowers the whole-answer "
+            f"error rate (paired interval below 0, sign-flip p < {num(c.alpha, 2)}) and the logit difference more "
+            f"than random heads do (p < {num(c.alpha, 2)})")
+    sets = [s for s in _erring_sets(r) if s.ablation is not None]
+    if not sets:
+        return Claim(text, rule, "no error set on which the model errs has a head past the ablation threshold",
+                     NOT_TESTABLE)
+    parts, verdicts = [], []
+    for s in sets:
+        mean = s.ablation.joint["mean"]
+        d = mean.delta_error_rate
+        heads = ", ".join(head(l, h) for l, h in s.ablation.heads)
+        parts.append(f"{s.name} set, {heads}: error rate {est(mean.error_rate)} after ablation, change "
+                     f"{points(d)} (p = {num(d.p_value, 3)}); random heads p = "
+                     f"{num(s.ablation.p_value, 3)}")
+        effect = below(d) == SUPPORTED and d.p_value < c.alpha and s.ablation.p_value < c.alpha
+        verdicts.append(SUPPORTED if effect else CONTRADICTED if above(d) == SUPPORTED else INCONCLUSIVE)
+    verdict = SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED} else INCONCLUSIVE
+    return Claim(text, rule, "; ".join(parts), verdict)
+
+
+# --- SAE features -----------------------------------------------------------------------
+
+def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
+    sa, out = r.sae, []
+    wrong, right = sa.answers["misconception"], sa.answers["correct"]  # first distinguishing tokens
+    for name, s in sa.saes.items():
+        text = (f"An SAE feature promotes {r.lens.misconception.text.strip()} and suppresses "
+                f"{r.lens.correct.text.strip()} ({name}; study: "
+                f"{num(c.study.feature_logit_misconception, 1)} and {num(c.study.feature_logit_correct, 1)} logits).")
+        rule = ("of all latents, the one whose attribution favours the misconception most has a direct logit "
+                "contribution above 0 to the misconception and below 0 to the correct answer")
+        if not s.top_favouring_error:
+            out.append(Claim(text, rule, f"no latent of {s.d_sae} favours the misconception", CONTRADICTED))
+            continue
+        f = s.features[str(s.top_favouring_error[0])]
+        up, down = f.logit_contribution["misconception"], f.logit_contribution["correct"]
+        out.append(Claim(text, rule, f"#{f.id} (attribution {num(f.attribution, 2)}): {num(up, 2)} logits to "
+                         f"{tok(wrong)}, {num(down, 2)} to {tok(right)}",
+                         SUPPORTED if up > 0 > down else CONTRADICTED))
+    return out
+
+
+def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
+    out = []
+    for name in r.sae.saes:
+        text = f"Ablating that feature lowers the error (study: {num(100 * c.study.feature_ablation, 1)} points) ({name})."
+        rule = ("on an error set the model makes, zero-ablating the latents that most favour the error lowers the "
+                f"logit difference (paired interval below 0, p < {num(c.alpha, 2)}) more than random latents of "
+                f"matched activation do (p < {num(c.alpha, 2)})")
+        effects = [(s, e) for s in _erring_sets(r) for e in s.latents if e.sae == name]
+        if not effects:
+            out.append(Claim(text, rule, "no error set on which the model errs", NOT_TESTABLE))
+            continue
+        verdicts = [SUPPORTED if below(e.ablated) == SUPPORTED and e.ablated.p_value < c.alpha and e.p_value < c.alpha
+                    else CONTRADICTED if above(e.ablated) == SUPPORTED else INCONCLUSIVE for _, e in effects]
+        measured = "; ".join(f"{s.name} set, latents {', '.join(f'#{l}' for l in e.top)}: ΔLD "
+                             f"{est(e.ablated, signed)} (p = {num(e.ablated.p_value, 3)}); random latents p = "
+                             f"{num(e.p_value, 3)}" for s, e in effects)
+        verdict = (SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED}
+                   else INCONCLUSIVE)
+        out.append(Claim(text, rule, measured, verdict))
+    return out
+
+
+def reported_feature(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
+    text = (f"The study's feature #{c.study.feature} is active at the final position (activation "
+            f"{num(c.study.feature_activation, 1)}).")
+    rule = "the reported latent's activation on the canonical prompt above 0"
+    out = []
+    for name, s in r.sae.saes.items():
+        for fid in s.reported:
+            f = s.features[str(fid)]
+            out.append(Claim(text.replace(f"#{c.study.feature}", f"#{fid}").rstrip(".") + f" ({name}).", rule,
+                             f"activation {num(f.activation, 2)} (rank {f.activation_rank} of {s.d_sae})",
+                             SUPPORTED if f.activation > 0 else CONTRADICTED))
+    return out or [Claim(text, rule, "the study's feature is a latent of GPT-2 small's SAEs; this model has none",
+                         NOT_TESTABLE)]
+
+
+# --- behaviour --------------------------------------------------------------------------
+
+def errors_few_shot(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    bh = r.behaviour
+    zero, few = bh.conditions["zero_shot"], bh.conditions["few_shot"]
+    diff = bh.error_vs_zero_shot["few_shot"]
+    return Claim(f"Errors are rare zero-shot ({pct(c.study.error_zero_shot)}) and common few-shot "
+                 f"({pct(c.study.error_few_shot)}).",
+                 "few-shot minus zero-shot error probability on the same queries, paired by context, above 0",
+                 f"zero-shot {est(zero.error_prob['all'])}, few-shot {est(few.error_prob['all'])}; difference "
+                 f"{points(diff)}", above(diff))
+
+
+def carry_harder(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    conditions = {k: r.behaviour.conditions[k] for k in CONDITION_NAMES if k in r.behaviour.conditions}
+    verdicts = {k: above(v.carry_gap) for k, v in conditions.items()}
+    found = set(verdicts.values())
+    verdict = (SUPPORTED if found == {SUPPORTED} else CONTRADICTED if found == {CONTRADICTED}
+               else MIXED if {SUPPORTED, CONTRADICTED} <= found else INCONCLUSIVE)
+    return Claim("Sums with a carry are harder.",
+                 "accuracy without a carry minus with one above 0 in every condition (few-shot: interval over "
+                 "contexts; a single context: exact over the grid)",
+                 "; ".join(f"{CONDITION_NAMES[k]} {points(v.carry_gap)}" for k, v in conditions.items()),
+                 verdict)
+
+
+def nine_plus_nine(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    item = r.behaviour.conditions["few_shot"].items.get("9 + 9")
+    text = f"The carry sum 9 + 9 is answered wrong most of the time (study: {pct(c.study.error_nine_plus_nine)} error)."
+    rule = f"few-shot error probability of 9 + 9, its interval over contexts above {pct(c.majority, 0)}"
+    if item is None:
+        return Claim(text, rule, "9 + 9 is outside this build's operands", NOT_TESTABLE)
+    return Claim(text, rule, f"{est(item.error_prob)} over {len(item.answers)} contexts",
+                 above(item.error_prob, c.majority))
+
+
+def sequence_errors(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    few = r.behaviour.conditions["few_shot"]
+    seq, chance = few.classes["sequence"], few.chance["sequence"]
+    text = "Wrong answers continue the examples' arithmetic sequence (the study's explanation of the error)."
+    rule = "few-shot: the share of wrong answers that do, its interval over contexts above the chance rate"
+    if seq.mean is None:
+        return Claim(text, rule, "the model makes no few-shot error", NOT_TESTABLE)
+    return Claim(text, rule, f"{est(seq)} of {few.n_wrong} wrong answers; chance {pct(chance)}", above(seq, chance))
+
+
+def examples_not_frequency(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    ex, fq = r.patching.examples, r.behaviour.frequency
+    alone = ex.p["without_examples"]["misconception"]
+    wrong = r.lens.misconception.text
+    prior = fq.prior[fq.numbers.index(fq.misconception)]
+    return Claim(f"The examples, not the frequency of {wrong.strip()}, make it likely.",
+                 f"P({tok(wrong)}) after the contexts of two doubles, its interval over contexts above its "
+                 "probability after the query alone",
+                 f"prior {prob(prior, 2)}, query alone {prob(alone, 2)}, after examples "
+                 f"{est(ex.p_misconception, lambda x: prob(x, 2))}", above(ex.p_misconception, alone))
+
+
+def spacing(r: Results, c: ClaimsParams, p: Params) -> Claim:
+    first = next(iter(r.sae.saes.values()))
+    values = ", ".join(f"{k} {prob(v.p_correct, 2)}" for k, v in first.spacing.items())
+    return Claim("Spacing does not change the behaviour.",
+                 "a distribution of prompts in each spacing (not measured: one prompt each)",
+                 f"P(correct) on the canonical prompt: {values}", NOT_TESTABLE)
+
+
+CLAIMS: tuple[Callable[..., Claim | list[Claim]], ...] = (
+    canonical_answer, doubles_contexts, lens_correct_low, lens_late, named_head, head_attends, head_copies,
+    induction_copies, head_ablation_error, feature_promotes, feature_ablation, reported_feature, errors_few_shot,
+    carry_harder, nine_plus_nine, sequence_errors, examples_not_frequency, spacing)
+
+
+def evaluate(results: Results, params: Params) -> list[Claim]:
+    out: list[Claim] = []
+    for rule in CLAIMS:
+        made = rule(results, params.claims, params)
+        out.extend(replace(c, key=rule.__name__) for c in (made if isinstance(made, list) else [made]))
+    return out
+
+
+def load(model: str, data_root) -> Results:
+    from analysis import behaviour, heads, logit_lens, patching, sae
+    from analysis.artifacts import StagePaths
+
+    def paths(stage: str) -> StagePaths:
+        return StagePaths(model, stage, root=data_root)
+
+    return Results(logit_lens.load_results(paths("logit_lens"))[0], heads.load_results(paths("heads"))[0],
+                   behaviour.load_results(paths("behaviour"))[0], sae.load_results(paths("sae")),
+                   patching.load_results(paths("patching")))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from pathlib import Path
+
+    from analysis.params import exit_on_params_error, load_params, parse_model_arg
+
+    model, _ = parse_model_arg("claims", argv)
+    with exit_on_params_error():
+        params = load_params()
+    for claim in evaluate(load(model, Path("data")), params):
+        print(f"[{claim.verdict}] {claim.claim}\n    rule: {claim.rule}\n    measured: {claim.measured}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
