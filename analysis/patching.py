@@ -593,6 +593,7 @@ class SetResult(Schema):
     examples: list[list[str]]  # [corrupt, clean, error, correct] for the first pairs
     corrupt: Behaviour
     clean: Behaviour
+    error_gap: PairedEstimate  # error rate, corrupt minus clean context, paired by pair
     mean_gap: float  # mean(LD_clean - LD_corrupt): the normaliser
     sites: list[str]  # residual-stream sites: "changed", then positions from the end
     site_tokens: list[str]  # the first pair's corrupt token at each site
@@ -706,13 +707,17 @@ def _behaviour(model, side: list[PreparedPrompt], pairs: list[PromptPair], param
 
 
 def behaviour_of(model, params: Params, pairs: list[PromptPair], prepared: list[tuple[PreparedPrompt, PreparedPrompt]]
-                 ) -> tuple[dict[str, Behaviour], dict[str, Tensor], Tensor, Tensor]:
-    """Per side (corrupt, clean): its Behaviour and its LDs over every pair; and per pair
-    whether the model gives the error after the corrupt context, and whether it is right."""
+                 ) -> tuple[dict[str, Behaviour], PairedEstimate, dict[str, Tensor], Tensor, Tensor]:
+    """Per side (corrupt, clean): its Behaviour and its LDs over every pair; the error rate
+    corrupt minus clean, paired; and per pair whether the model gives the error after the
+    corrupt context, and whether it is right."""
     results, lds, errs, rights = {}, {}, {}, {}
     for col, side in enumerate(("corrupt", "clean")):
         results[side], lds[side], errs[side], rights[side] = _behaviour(model, [p[col] for p in prepared], pairs, params)
-    return results, lds, errs["corrupt"], rights["corrupt"]
+    stats = params.stats
+    gap = paired_estimate(errs["corrupt"].double() - errs["clean"].double(), stats.bootstrap_resamples, params.seed,
+                          stats.ci_level)
+    return results, gap, lds, errs["corrupt"], rights["corrupt"]
 
 
 def patched_subset(errs: Tensor, n_patched: int) -> tuple[list[int], str]:
@@ -966,7 +971,7 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
     """Behaviour on every pair of the set; patching and ablation on a subset (patched_subset)."""
     with timed(f"{name} set: behaviour"):
         all_pairs, all_prepared = prepare_pairs(model, error_set(name, params))
-        behaviour, lds, errs, rights = behaviour_of(model, params, all_pairs, all_prepared)
+        behaviour, error_gap, lds, errs, rights = behaviour_of(model, params, all_pairs, all_prepared)
     chosen, patched_on = patched_subset(errs, params.patching.n_patched)
     pairs, prepared = [all_pairs[i] for i in chosen], [all_prepared[i] for i in chosen]
     n, groups = len(pairs), batches(prepared)
@@ -995,7 +1000,7 @@ def analyse_set(model, params: Params, name: str, saes: dict[str, LoadedSae]) ->
         name=name, description=SETS[name], n_pairs=len(all_pairs), n_dropped=params.patching.n_pairs - len(all_pairs),
         n_patched=n, patched_on=patched_on,
         examples=[[p.corrupt.text, p.clean.text, str(p.error), str(p.correct)] for p in pairs[:3]],
-        corrupt=behaviour["corrupt"], clean=behaviour["clean"],
+        corrupt=behaviour["corrupt"], clean=behaviour["clean"], error_gap=error_gap,
         mean_gap=gap, sites=sites,
         site_tokens=["+".join(first.str_tokens[i] for i in changed)] + list(first.str_tokens[-len(sites) + 1:]),
         resid_exact=resid.mean(0).tolist(), resid_reverse=resid_reverse.mean(0).tolist(),

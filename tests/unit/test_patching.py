@@ -256,7 +256,7 @@ def test_random_control_draws_are_seeded_and_distinct():
 
 def test_behaviour_reads_the_logit_difference_from_the_scoring_pass(model):
     pairs, prepared = patching.prepare_pairs(model, copy_pairs(6, 3, 9, seed=0))
-    _, lds, _, _ = patching.behaviour_of(model, make_params(**{"stats.bootstrap_resamples": 100}), pairs, prepared)
+    _, _, lds, _, _ = patching.behaviour_of(model, make_params(**{"stats.bootstrap_resamples": 100}), pairs, prepared)
     for idx, batch in patching.batches(prepared):
         torch.testing.assert_close(lds["corrupt"][idx], patching.logit_diff_at_end(model, batch), atol=1e-4, rtol=0)
 
