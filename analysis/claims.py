@@ -118,15 +118,16 @@ def lens_late(r: Results, c: ClaimsParams, p: Params) -> Claim:
 def named_head(r: Results, c: ClaimsParams, p: Params) -> Claim:
     cfg = r.heads.configured_head
     study = c.study
-    text = (f"The study's head attends to the previous answer ({num(study.head_to_previous_answer, 3)}) and not "
-            f"to the current operand ({num(study.head_to_operand, 4)}).")
+    text = (f"Head {head(study.head.layer, study.head.head)} attends to the previous answer "
+            f"({num(study.head_to_previous_answer, 3)}) and not to the current operand ({num(study.head_to_operand, 4)}).")
     rule = (f"on the canonical prompt, attention to the previous answer at least {num(c.attends, 2)} and to the "
             f"query's operands below {num(c.operand_attention, 2)}")
     if cfg is None:
         return Claim(text, rule, "no head is named for this model (the study's is a head of GPT-2 small)",
                      NOT_TESTABLE)
     attends, ignores = cfg.to_previous_answer >= c.attends, cfg.to_current_operands < c.operand_attention
-    return Claim(text.replace("The study's head", f"Head {head(cfg.layer, cfg.head)}"), rule,
+    named = f"Head {head(cfg.layer, cfg.head)}"
+    return Claim(text.replace(f"Head {head(study.head.layer, study.head.head)}", named), rule,
                  f"{num(cfg.to_previous_answer, 3)} to the previous answer, {num(cfg.to_current_operands, 4)} to "
                  f"the operands; rank {cfg.rank_by_family_attention} by attention over the family",
                  SUPPORTED if attends and ignores else CONTRADICTED if not attends else INCONCLUSIVE)

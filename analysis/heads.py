@@ -368,7 +368,7 @@ def head_roles(configured: ConfiguredHead | None, top_induction: HeadSummary, to
     """The candidate heads for ablation, each with why it is a candidate."""
     roles: dict[tuple[int, int], list[str]] = {}
     if configured:
-        roles.setdefault((configured.layer, configured.head), []).append("named in params")
+        roles.setdefault((configured.layer, configured.head), []).append("the study's head")
     roles.setdefault((top_induction.layer, top_induction.head), []).append("top induction")
     for h in top[:3]:
         roles.setdefault((h.layer, h.head), []).append("attends to the previous answer")
@@ -541,7 +541,7 @@ def _pattern_axes(ax, pattern: Tensor, tokens: list[str], title: str, fig, show_
 def _head_title(metrics: HeadsMetrics, layer: int, head: int) -> str:
     roles = []
     if metrics.configured_head and (metrics.configured_head.layer, metrics.configured_head.head) == (layer, head):
-        roles.append("named in params")
+        roles.append("the study's head")
     if (metrics.top_induction_head.layer, metrics.top_induction_head.head) == (layer, head):
         roles.append("top induction")
     if (metrics.top_heads[0].layer, metrics.top_heads[0].head) == (layer, head):

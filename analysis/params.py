@@ -228,6 +228,7 @@ class StudyFacts(Section):
     correct_lens_max: Probability  # the correct answer's highest logit-lens probability
     misconception_layers: Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]  # where 6 rises
     n_layers: PositiveInt  # GPT-2 small's
+    head: HeadRef  # the head it names, L8H6
     head_to_previous_answer: Probability  # L8H6's attention to the previous answer
     head_to_operand: Probability  # and to the current operand
     head_ablation: float  # change in the error rate when L8H6 is removed
