@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export TQDM_DISABLE := 1
 
-.PHONY: all setup test gpt2 paper pull repro lock clean-venv
+.PHONY: all setup test gpt2 paper pull repro lock clean-venv readme-image
 
 # Bad params fail here, before DVC removes any stage's old outputs; then dvc.yaml is
 # brought up to date with the stages declared in analysis/params.py.
@@ -62,6 +62,9 @@ lock:  ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	{ head -n 3 requirements.lock; /tmp/arith-lock-venv/bin/pip freeze --exclude-editable \
 	  | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
+
+readme-image:  ## docs/paper-first-page.png, the README's picture of the built PDF (needs pdftoppm: poppler-utils)
+	pdftoppm -png -r 60 -f 1 -l 1 -singlefile paper/_build/$(MODEL)/index.pdf docs/paper-first-page
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,13 +14,17 @@ Quarto that the manuscript uses, and rejects what it does not support:
   (true, false or asis), include, warning, tags. Defaults come from `execute:` in
   _quarto.yml and the document's front matter.
 - A cell tagged `parameters`; the builder injects `model = "<model>"` after it, like
-  `quarto render -P model:<model>`.
-- Inline values: `{python} expr` between single backticks, rendered with str().
+  `quarto render -P model:<model>` (and `data_dir`, where results are read from elsewhere).
+- Inline values: `{python} expr` between single backticks, rendered with str(); in the
+  text and in the front matter's abstract (evaluated after every cell, so that it can
+  summarise what they computed).
+- Citations: `bibliography:` in the front matter (a BibTeX file beside index.qmd) and
+  pandoc's `[@key]` syntax, resolved by pandoc's citeproc in both formats.
 - Figure and table cross-references: a cell labelled fig-* with fig-cap (one figure) or
   tbl-* with tbl-cap (one markdown table); `@fig-x` and `@tbl-x` in the text become
   numbered links. An unknown reference fails the build.
-- Front matter: title, subtitle, author, date, abstract (passed to pandoc); jupyter and
-  execute. From _quarto.yml: execute, format.html.css, format.typst.include-in-header.
+- Front matter: title, subtitle, author, date, abstract, bibliography (passed to pandoc);
+  jupyter and execute. From _quarto.yml: execute, format.html.css, format.typst.include-in-header.
 
 Pipeline: qmd -> notebook (nbformat) -> executed in a fresh kernel (nbclient, cwd
 paper/) -> pandoc markdown -> HTML (pandoc, resources embedded, MathML) and typst
@@ -147,7 +151,7 @@ def _inline_cell(expressions: list[str]) -> str:
             f"_display({{{INLINE_MIME!r}: [{items}]}}, raw=True)")
 
 
-def notebook_cells(doc: Document, model: str) -> list[tuple[str, Code | Markdown | None]]:
+def notebook_cells(doc: Document, model: str, data_dir: Path | None = None) -> list[tuple[str, Code | Markdown | None]]:
     """The cells to run, each with the chunk it belongs to: setup, the document's code
     cells (the model injected after the parameters cell), one cell per markdown chunk
     with inline values, and last the cell that reports which results files were read."""
@@ -156,9 +160,13 @@ def notebook_cells(doc: Document, model: str) -> list[tuple[str, Code | Markdown
         if isinstance(chunk, Code):
             cells.append((chunk.source, chunk))
             if "parameters" in (chunk.options.get("tags") or []):
-                cells.append((f"model = {model!r}", None))
+                injected = f"model = {model!r}" + (f"\ndata_dir = {str(data_dir)!r}" if data_dir else "")
+                cells.append((injected, None))
         elif INLINE.findall(chunk.text):
             cells.append((_inline_cell(INLINE.findall(chunk.text)), chunk))
+    abstract = doc.meta.get("abstract")
+    if isinstance(abstract, str) and INLINE.findall(abstract):
+        cells.append((_inline_cell(INLINE.findall(abstract)), Markdown(abstract)))
     return [*cells, (READS_CELL, None)]
 
 
@@ -212,12 +220,13 @@ def _data_of(cell, mime: str) -> Any:
     return values[0] if values else None
 
 
-def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> tuple[list[list[str]], list[str]]:
+def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600,
+            data_dir: Path | None = None) -> tuple[list[list[str]], list[str]]:
     """Run every cell in one fresh kernel; fill Code.outputs. Returns each Markdown chunk's
     inline values, and the results files the cells read."""
     import nbformat
 
-    cells = notebook_cells(doc, model)
+    cells = notebook_cells(doc, model, data_dir)
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(source) for source, _ in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -228,6 +237,9 @@ def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600) -> t
             chunk.outputs = [dict(o) for o in cell.outputs]
         elif isinstance(chunk, Markdown):
             inline[id(chunk)] = _data_of(cell, INLINE_MIME) or []
+            if not any(chunk is c for c in doc.chunks):  # the abstract
+                values = iter(inline[id(chunk)])
+                doc.meta["abstract"] = INLINE.sub(lambda _: next(values), chunk.text)
     values = [inline.get(id(chunk), []) for chunk in doc.chunks if isinstance(chunk, Markdown)]
     return values, _data_of(nb.cells[-1], READS_MIME) or []
 
@@ -333,15 +345,16 @@ def _pandoc_meta(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Path | None, date: datetime,
-           typst_header: Path | None = None) -> bytes:
+           typst_header: Path | None = None, bibliography: Path | None = None) -> bytes:
     import pypandoc
 
     source = workdir / f"paper.{fmt}.md"
     source.write_text("---\n" + yaml.safe_dump(_pandoc_meta(meta), sort_keys=True) + "---\n\n" + markdown)
+    cite = ["--citeproc", f"--bibliography={bibliography.resolve()}"] if bibliography else []
     if fmt == "html":
         out = workdir / "index.html"
         args = ["--standalone", "--embed-resources", "--mathml", "--toc", "--section-divs", "--columns=1000",
-                f"--resource-path={workdir}"]
+                f"--resource-path={workdir}", *cite]
         if css:
             args.append(f"--css={css.resolve()}")
         pypandoc.convert_file(str(source), "html5", outputfile=str(out), extra_args=args)
@@ -349,7 +362,7 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
     import typst
 
     typ = workdir / "index.typ"
-    args = ["--standalone", "--columns=1000"]
+    args = ["--standalone", "--columns=1000", *cite]
     if typst_header:
         args.append(f"--include-in-header={typst_header.resolve()}")
     pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=args)
@@ -367,7 +380,10 @@ def check_reads(model: str, read: list[str], repo: Path) -> None:
                          f"lists, and never read {unused or 'nothing'} that one does (analysis/params.py)")
 
 
-def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) -> tuple[Path, Path]:
+def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None,
+          data_dir: Path | None = None) -> tuple[Path, Path]:
+    """The paper of `model`'s results: those under data/ by default, or under `data_dir` (a
+    folder named data, laid out like the repository's)."""
     with exit_on_params_error():
         params = load_params()
         params.model(model)
@@ -375,20 +391,22 @@ def build(model: str, paper_dir: Path = PAPER_DIR, out_dir: Path | None = None) 
     project = yaml.safe_load((paper_dir / "_quarto.yml").read_text()) or {}
     doc = parse_qmd((paper_dir / "index.qmd").read_text())
     defaults = {**(project.get("execute") or {}), **(doc.meta.get("execute") or {})}
-    inline, read = execute(doc, model, paper_dir)
-    check_reads(model, read, paper_dir.resolve().parent)
+    inline, read = execute(doc, model, paper_dir, data_dir=data_dir.resolve() if data_dir else None)
+    check_reads(model, read, data_dir.resolve().parent if data_dir else paper_dir.resolve().parent)
     html_format = (project.get("format") or {}).get("html") or {}
     typst_format = (project.get("format") or {}).get("typst") or {}
     css = paper_dir / html_format.get("css", "style.css")
     header = paper_dir / typst_format["include-in-header"] if "include-in-header" in typst_format else None
     date = datetime.fromisoformat(params.paper.date)
+    bibliography = paper_dir / doc.meta["bibliography"] if doc.meta.get("bibliography") else None
     outputs = {}
     with tempfile.TemporaryDirectory(prefix="paper-") as tmp:
         for fmt in ("html", "typst"):
             workdir = Path(tmp) / fmt
             (workdir / "figures").mkdir(parents=True)
             markdown = assemble(doc, inline, defaults, fmt, workdir / "figures")
-            outputs[fmt] = render(markdown, doc.meta, fmt, workdir, css if css.is_file() else None, date, header)
+            outputs[fmt] = render(markdown, doc.meta, fmt, workdir, css if css.is_file() else None, date, header,
+                                  bibliography)
     html, pdf = out_dir / "index.html", out_dir / "index.pdf"
     atomic_write_bytes(html, outputs["html"])
     atomic_write_bytes(pdf, outputs["typst"])

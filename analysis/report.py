@@ -27,7 +27,7 @@ def prob(p: float, sig: int = 2) -> str:
         text = f"{p:.{decimals}f}"
         return f"1 {MINUS} {prob(1 - p, sig)}" if p < 1 and float(text) >= 1 else text
     mantissa, exponent = f"{p:.{sig - 1}e}".split("e")
-    return f"{mantissa} × 10^{int(exponent)}^"
+    return f"{mantissa} × 10^{int(exponent)}^".replace("-", MINUS)
 
 
 def num(x: float, digits: int = 2) -> str:

@@ -121,6 +121,12 @@ def test_repro_builds_the_paper_and_every_output(workspace):
     assert "up to date" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
 
 
+def test_every_number_in_the_rendered_paper_comes_from_the_results_or_params(workspace):
+    result = run([sys.executable, "-m", "analysis.numbercheck", "--model", MODEL], workspace["repo"], check=False)
+    assert result.returncode == 0, result.stdout
+    assert "0 problem(s)" in result.stderr
+
+
 def test_a_second_repro_does_nothing(workspace):
     repo = workspace["repo"]
     lock = (repo / "dvc.lock").read_bytes()

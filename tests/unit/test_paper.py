@@ -167,3 +167,20 @@ def test_quarto_itself_accepts_the_manuscript():  # pragma: no cover - only wher
 
     result = subprocess.run(["quarto", "inspect", "paper/index.qmd"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_abstract_takes_values_computed_after_every_cell_and_citations_resolve(tmp_path):
+    from datetime import datetime, timezone
+
+    source = ('---\ntitle: "T"\nabstract: "We found `{python} found`."\n---\n\n'
+              "```{python}\n#| include: false\nfound = 6 * 7\n```\n\nAs shown before [@doe2020].\n")
+    doc = parse_qmd(source)
+    inline, _ = paper.execute(doc, "m", tmp_path)
+    assert doc.meta["abstract"] == "We found 42."
+    bib = tmp_path / "refs.bib"
+    bib.write_text("@article{doe2020, author = {Doe, Jane}, title = {A Result}, journal = {J}, year = {2020}}\n")
+    (tmp_path / "figures").mkdir()
+    markdown = paper.assemble(doc, inline, {}, "html", tmp_path / "figures")
+    html = paper.render(markdown, doc.meta, "html", tmp_path, None, datetime(2026, 1, 1, tzinfo=timezone.utc),
+                        bibliography=bib).decode()
+    assert "We found 42." in html and "(Doe 2020)" in html and 'id="refs"' in html and "A Result" in html

@@ -9,10 +9,10 @@ from analysis.report import MINUS, ci, head, md_table, num, pct, prob, quote_tok
     (0.8392, 2, "0.84"),
     (0.0691, 3, "0.0691"),
     (0.15, 3, "0.150"),
-    (0.00042, 2, "4.2 × 10^-4^"),
+    (0.00042, 2, f"4.2 × 10^{MINUS}4^"),  # one minus sign everywhere
     (0.0, 2, "0"),
     (1.0, 2, "1.0"),
-    (0.99996, 2, f"1 {MINUS} 4.0 × 10^-5^"),
+    (0.99996, 2, f"1 {MINUS} 4.0 × 10^{MINUS}5^"),
     (0.996, 2, f"1 {MINUS} 0.0040"),
 ])
 def test_prob_keeps_significant_digits_and_never_rounds_to_certainty(value, sig, text):
