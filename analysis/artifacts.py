@@ -150,6 +150,18 @@ class Schema(BaseModel):
 M = TypeVar("M", bound=BaseModel)
 
 
+def non_finite(value: Any, where: str = "(top level)") -> str | None:
+    """The path of the first NaN or infinity in a parsed JSON value, if any."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite(item, f"{where}.{key}" if where != "(top level)" else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def load_json(path: Path, schema: type[M]) -> M:
     """Read a results file and check it against its schema."""
     path = Path(path)
@@ -160,6 +172,10 @@ def load_json(path: Path, schema: type[M]) -> M:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc}); restore it with `dvc checkout --force {path}`") from None
+    where = non_finite(raw)
+    if where is not None:
+        raise ArtifactError(f"{path}: {where} is not a finite number (NaN or infinity); no stage writes one. "
+                            f"Restore it with `dvc checkout --force {path}` or rebuild it with `dvc repro`.")
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:

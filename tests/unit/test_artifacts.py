@@ -126,3 +126,19 @@ def test_a_directory_output_appears_whole_or_not_at_all(tmp_path):
     assert not target.exists() and list(tmp_path.iterdir()) == []
     artifacts.atomic_write_dir(target, lambda folder: (folder / "b.txt").write_text("b"))
     assert [p.name for p in target.iterdir()] == ["b.txt"]
+
+
+def test_a_results_file_with_nan_or_infinity_is_refused_naming_the_field(tmp_path):
+    from analysis.artifacts import ArtifactError, Schema, load_json
+
+    class Result(Schema):
+        name: str
+        values: list[float]
+
+    path = tmp_path / "r.json"
+    path.write_text('{"name": "x", "values": [0.5, NaN]}')
+    with pytest.raises(ArtifactError, match=r"r\.json: values\.1 is not a finite number"):
+        load_json(path, Result)
+    path.write_text('{"name": "x", "values": [Infinity]}')
+    with pytest.raises(ArtifactError, match=r"values\.0 is not a finite number"):
+        load_json(path, Result)
