@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.params import ClaimsParams, Params
-from analysis.report import ci, head, num, pct, prob, tok
+from analysis.report import ci, esc, head, num, pct, prob, tok
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED, NOT_TESTABLE = (
     "supported", "contradicted", "inconclusive", "mixed", "not testable")
@@ -78,8 +78,8 @@ def signed(x: float) -> str:
 
 def canonical_answer(r: Results, c: ClaimsParams, p: Params) -> Claim:
     wrong, right = r.lens.misconception, r.lens.correct
-    return Claim(f"The model completes {tok(p.prompt.canonical)} with {wrong.text.strip()} rather than "
-                 f"{right.text.strip()}.",
+    return Claim(f"The model completes {tok(p.prompt.canonical)} with {esc(wrong.text.strip())} rather than "
+                 f"{esc(right.text.strip())}.",
                  "whole-answer probability of the misconception above the correct answer's",
                  f"P({tok(wrong.text)}) = {prob(wrong.answer_prob, 2)}, P({tok(right.text)}) = {prob(right.answer_prob, 2)}",
                  SUPPORTED if wrong.answer_prob > right.answer_prob else CONTRADICTED)
@@ -87,7 +87,7 @@ def canonical_answer(r: Results, c: ClaimsParams, p: Params) -> Claim:
 
 def doubles_contexts(r: Results, c: ClaimsParams, p: Params) -> Claim:
     ex = r.patching.examples
-    wrong = r.lens.misconception.text.strip()
+    wrong = esc(r.lens.misconception.text.strip())
     return Claim(f"The error is not one prompt's: examples of doubles lead the model to {wrong}.",
                  f"greedy answer {wrong} after the contexts of two doubles in the study's format, the rate's "
                  f"interval over contexts above {pct(c.majority, 0)}",
@@ -200,7 +200,7 @@ def head_ablation_error(r: Results, c: ClaimsParams, p: Params) -> Claim:
         mean = s.ablation.joint["mean"]
         d = mean.delta_error_rate
         heads = ", ".join(head(l, h) for l, h in s.ablation.heads)
-        parts.append(f"{s.name} set, {heads}: error rate {est(mean.error_rate)} after ablation, change "
+        parts.append(f"{esc(s.name)} set, {heads}: error rate {est(mean.error_rate)} after ablation, change "
                      f"{points(d)} (p = {num(d.p_value, 3)}); random heads p = "
                      f"{num(s.ablation.p_value, 3)}")
         effect = below(d) == SUPPORTED and d.p_value < c.alpha and s.ablation.p_value < c.alpha
@@ -215,8 +215,8 @@ def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     sa, out = r.sae, []
     wrong, right = sa.answers["misconception"], sa.answers["correct"]  # first distinguishing tokens
     for name, s in sa.saes.items():
-        text = (f"An SAE feature promotes {r.lens.misconception.text.strip()} and suppresses "
-                f"{r.lens.correct.text.strip()} ({name}; study: "
+        text = (f"An SAE feature promotes {esc(r.lens.misconception.text.strip())} and suppresses "
+                f"{esc(r.lens.correct.text.strip())} ({esc(name)}; study: "
                 f"{num(c.study.feature_logit_misconception, 1)} and {num(c.study.feature_logit_correct, 1)} logits).")
         rule = ("of all latents, the one whose attribution favours the misconception most has a direct logit "
                 "contribution above 0 to the misconception and below 0 to the correct answer")
@@ -234,7 +234,7 @@ def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
 def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     out = []
     for name in r.sae.saes:
-        text = f"Ablating that feature lowers the error (study: {num(100 * c.study.feature_ablation, 1)} points) ({name})."
+        text = f"Ablating that feature lowers the error (study: {num(100 * c.study.feature_ablation, 1)} points) ({esc(name)})."
         rule = ("on an error set the model makes, zero-ablating the latents that most favour the error lowers the "
                 f"logit difference (paired interval below 0, p < {num(c.alpha, 2)}) more than random latents of "
                 f"matched activation do (p < {num(c.alpha, 2)})")
@@ -244,7 +244,7 @@ def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
             continue
         verdicts = [SUPPORTED if below(e.ablated) == SUPPORTED and e.ablated.p_value < c.alpha and e.p_value < c.alpha
                     else CONTRADICTED if above(e.ablated) == SUPPORTED else INCONCLUSIVE for _, e in effects]
-        measured = "; ".join(f"{s.name} set, latents {', '.join(f'#{l}' for l in e.top)}: ΔLD "
+        measured = "; ".join(f"{esc(s.name)} set, latents {', '.join(f'#{l}' for l in e.top)}: ΔLD "
                              f"{est(e.ablated, signed)} (p = {num(e.ablated.p_value, 3)}); random latents p = "
                              f"{num(e.p_value, 3)}" for s, e in effects)
         verdict = (SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED}
@@ -261,7 +261,7 @@ def reported_feature(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     for name, s in r.sae.saes.items():
         for fid in s.reported:
             f = s.features[str(fid)]
-            out.append(Claim(text.replace(f"#{c.study.feature}", f"#{fid}").rstrip(".") + f" ({name}).", rule,
+            out.append(Claim(text.replace(f"#{c.study.feature}", f"#{fid}").rstrip(".") + f" ({esc(name)}).", rule,
                              f"activation {num(f.activation, 2)} (rank {f.activation_rank} of {s.d_sae})",
                              SUPPORTED if f.activation > 0 else CONTRADICTED))
     return out or [Claim(text, rule, "the study's feature is a latent of GPT-2 small's SAEs; this model has none",
@@ -319,7 +319,7 @@ def examples_not_frequency(r: Results, c: ClaimsParams, p: Params) -> Claim:
     alone = ex.p["without_examples"]["misconception"]
     wrong = r.lens.misconception.text
     prior = fq.prior[fq.numbers.index(fq.misconception)]
-    return Claim(f"The examples, not the frequency of {wrong.strip()}, make it likely.",
+    return Claim(f"The examples, not the frequency of {esc(wrong.strip())}, make it likely.",
                  f"P({tok(wrong)}) after the contexts of two doubles, its interval over contexts above its "
                  "probability after the query alone",
                  f"prior {prob(prior, 2)}, query alone {prob(alone, 2)}, after examples "
@@ -328,7 +328,7 @@ def examples_not_frequency(r: Results, c: ClaimsParams, p: Params) -> Claim:
 
 def spacing(r: Results, c: ClaimsParams, p: Params) -> Claim:
     first = next(iter(r.sae.saes.values()))
-    values = ", ".join(f"{k} {prob(v.p_correct, 2)}" for k, v in first.spacing.items())
+    values = ", ".join(f"{esc(k)} {prob(v.p_correct, 2)}" for k, v in first.spacing.items())
     return Claim("Spacing does not change the behaviour.",
                  "a distribution of prompts in each spacing (not measured: one prompt each)",
                  f"P(correct) on the canonical prompt: {values}", NOT_TESTABLE)

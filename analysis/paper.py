@@ -57,6 +57,9 @@ CELL_OPTIONS = {"label", "fig-cap", "tbl-cap", "echo", "output", "include", "war
 INLINE = re.compile(r"`\{python\}\s+([^`]+?)`")
 CROSSREF = re.compile(r"(?<![\w@])@((?:fig|tbl)-[A-Za-z0-9_-]+)")
 INLINE_MIME = "application/x-inline-values+json"
+# Pandoc's markdown without raw HTML: the manuscript writes none, and a string that reached
+# the text unescaped could otherwise add tags (or make --embed-resources read a file).
+READER = "markdown-raw_html"
 READS_MIME = "application/x-results-read+json"
 
 
@@ -357,7 +360,7 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
                 f"--resource-path={workdir}", *cite]
         if css:
             args.append(f"--css={css.resolve()}")
-        pypandoc.convert_file(str(source), "html5", outputfile=str(out), extra_args=args)
+        pypandoc.convert_file(str(source), "html5", format=READER, outputfile=str(out), extra_args=args)
         return out.read_bytes()
     import typst
 
@@ -365,7 +368,7 @@ def render(markdown: str, meta: dict[str, Any], fmt: str, workdir: Path, css: Pa
     args = ["--standalone", "--columns=1000", *cite]
     if typst_header:
         args.append(f"--include-in-header={typst_header.resolve()}")
-    pypandoc.convert_file(str(source), "typst", outputfile=str(typ), extra_args=args)
+    pypandoc.convert_file(str(source), "typst", format=READER, outputfile=str(typ), extra_args=args)
     out = workdir / "index.pdf"
     typst.compile(str(typ), output=str(out), root=str(workdir), ignore_system_fonts=True,
                   timestamp=int(date.timestamp()))

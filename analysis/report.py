@@ -2,11 +2,18 @@
 
 The paper's cells call these on values read from the results files, so that every number
 in the text is computed, and formatted the same way everywhere.
+
+Strings from results files are data, not markdown: anyone who can write to the DVC remote
+can write them. They reach the manuscript only through `esc` (literal text), `tok` and
+`code` (code spans) or `url` (an https link), so that none can become HTML, an image that
+pandoc would embed, a link or a raw block.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 
 
 def pct(p: float, digits: int = 1) -> str:
@@ -48,12 +55,32 @@ def quote_token(token: str) -> str:
     return "'" + token.replace("\n", "\\n") + "'"
 
 
+def esc(text: object) -> str:
+    """A results string as literal markdown text: every ASCII punctuation character
+    backslash-escaped, line breaks as spaces."""
+    return "".join("\\" + c if c in string.punctuation else c for c in " ".join(str(text).splitlines()))
+
+
+def code(text: object) -> str:
+    """A results string as one inline code span, whatever backticks it holds."""
+    text = " ".join(str(text).splitlines())
+    runs = [len(run) for run in re.findall(r"`+", text)]
+    fence = "`" * (max(runs, default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or runs else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def tok(token: str) -> str:
     """A token as inline code with its quotes, so that spaces show: `' 6'`."""
-    text = quote_token(token)
-    fence = "``" if "`" in text else "`"
-    pad = " " if fence == "``" else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
+    return code(quote_token(token))
+
+
+def url(link: str, text: str | None = None) -> str:
+    """An https link from a results file: an autolink, or `text` linked to it; anything
+    but a plain https address is shown as code, unlinked."""
+    if not re.fullmatch(r"https://[A-Za-z0-9._~/-]+", link):
+        return code(link) if text is None else esc(text)
+    return f"<{link}>" if text is None else f"[{esc(text)}]({link})"
 
 
 def head(layer: int, head: int) -> str:

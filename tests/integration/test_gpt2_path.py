@@ -121,3 +121,36 @@ def test_the_paper_renders_from_gpt2_results_with_its_gpt2_branches(gpt2_results
     assert [c.verdict for c in table if "#1076" in c.claim] != [claims.NOT_TESTABLE]
     documents = [m.model_dump(mode="json") for m in metrics.values()] + [load_params().model_dump(mode="json")]
     assert numbercheck.unexplained(text, documents) == [] and numbercheck.typography(text) == []
+
+
+def test_results_strings_cannot_inject_markup_or_embed_files_into_the_paper(gpt2_results, tmp_path):
+    """Whoever can write to the DVC remote writes the results' strings: planted markup must
+    reach the paper as text, and pandoc must embed no file that it names."""
+    import base64
+    import json
+    import re
+    import shutil
+
+    from analysis import paper
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-4f1c9e-not-for-the-paper")
+    payloads = [f'x <img src="{secret}">', f"![x]({secret})", '<img src=x onerror="alert(1)">']
+    data = tmp_path / "data"
+    shutil.copytree(gpt2_results[0], data)
+    lens_file = data / "gpt2-small" / "metrics" / "logit_lens.json"
+    lens = json.loads(lens_file.read_text())
+    lens["model_label"] = payloads[0]
+    lens["top_final"][0]["token"] = payloads[1]
+    lens_file.write_text(json.dumps(lens))
+    patching_file = data / "gpt2-small" / "metrics" / "patching.json"
+    results = json.loads(patching_file.read_text())
+    results["sets"]["copy"]["description"] = payloads[2]
+    patching_file.write_text(json.dumps(results))
+
+    html = paper.build("gpt2-small", out_dir=tmp_path / "out", data_dir=data)[0].read_text()
+    for leak in ("SECRET-4f1c9e", base64.b64encode(secret.read_bytes()).decode()[:24]):
+        assert leak not in html
+    assert re.search(r"<[^<>]*\bonerror", html) is None  # no tag carries the handler; the text may
+    assert "<img src=x" not in html and f'<img src="{secret}"' not in html
+    assert "&lt;img src=" in html  # the label is shown, as text
