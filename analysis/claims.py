@@ -51,17 +51,23 @@ class Results:
 
 def above(e, threshold: float = 0.0) -> str:
     """An estimate against a threshold: its interval wholly above (supported), wholly below
-    (contradicted), or across it; an exact value (no interval) is compared as it is."""
+    (contradicted), or across it; an exact value (no interval) is compared as it is; no value
+    at all (nothing to average) is not testable."""
+    if e.mean is None:
+        return NOT_TESTABLE
     low, high = (e.mean, e.mean) if e.low is None else (e.low, e.high)
     return SUPPORTED if low > threshold else CONTRADICTED if high < threshold else INCONCLUSIVE
 
 
 def below(e, threshold: float = 0.0) -> str:
-    return {SUPPORTED: CONTRADICTED, CONTRADICTED: SUPPORTED}.get(above(e, threshold), INCONCLUSIVE)
+    verdict = above(e, threshold)
+    return {SUPPORTED: CONTRADICTED, CONTRADICTED: SUPPORTED}.get(verdict, verdict)
 
 
 def est(e, fmt: Callable[[float], str] = pct) -> str:
-    """'12.0% [8.1%, 15.5%]', or 'x (exact)' for a whole population."""
+    """'12.0% [8.1%, 15.5%]', or 'x (exact)' for a whole population; '–' for no value."""
+    if e.mean is None:
+        return "–"
     return f"{fmt(e.mean)} (exact)" if e.low is None else f"{fmt(e.mean)} {ci(e.low, e.high, fmt)}"
 
 
@@ -285,8 +291,9 @@ def carry_harder(r: Results, c: ClaimsParams, p: Params) -> Claim:
     conditions = {k: r.behaviour.conditions[k] for k in CONDITION_NAMES if k in r.behaviour.conditions}
     verdicts = {k: above(v.carry_gap) for k, v in conditions.items()}
     found = set(verdicts.values())
-    verdict = (SUPPORTED if found == {SUPPORTED} else CONTRADICTED if found == {CONTRADICTED}
-               else MIXED if {SUPPORTED, CONTRADICTED} <= found else INCONCLUSIVE)
+    found.discard(NOT_TESTABLE)  # a condition with no sum on one side of the carry
+    verdict = (NOT_TESTABLE if not found else SUPPORTED if found == {SUPPORTED} else CONTRADICTED
+               if found == {CONTRADICTED} else MIXED if {SUPPORTED, CONTRADICTED} <= found else INCONCLUSIVE)
     return Claim("Sums with a carry are harder.",
                  "accuracy without a carry minus with one above 0 in every condition (few-shot: interval over "
                  "contexts; a single context: exact over the grid)",

@@ -258,3 +258,10 @@ def test_the_claims_cite_the_studys_numbers_from_params(params):
     changed = make_params(**{"claims.study.error_zero_shot": 0.05})
     assert "Errors are rare zero-shot (5.0%) and common few-shot (23.1%)." in {
         c.claim for c in claims.evaluate(results(), changed)}
+
+
+def test_carry_is_not_testable_without_sums_that_carry(params):
+    r = results()
+    for c in r.behaviour.conditions.values():
+        c.carry_gap = NS(mean=None, low=None, high=None, n=0, p_value=None)  # max_operand below 5
+    assert verdict(claims.carry_harder, r, params) == NOT_TESTABLE
