@@ -119,3 +119,8 @@ def test_setup_on_another_python_stops_at_once_naming_the_supported_versions(tmp
     assert f"is Python {version}; supported: Python 3.11 only" in result.stderr
     assert "make PYTHON=python3.11" in result.stderr
     assert not (tmp_path / ".venv").exists()  # nothing was installed
+
+
+def test_a_killed_writers_temporary_file_does_not_show_in_git_status():
+    leftover = "data/smollm2-135m/metrics/.heads.json.k2x9a_1.tmp"  # the name atomic_write_bytes gives it
+    assert subprocess.run(["git", "check-ignore", "-q", leftover], cwd=REPO).returncode == 0
