@@ -1,9 +1,11 @@
 """The text an SAE is trained and evaluated on: English prose mixed with arithmetic.
 
-Prose: the Python Language Reference's topic texts that ship with CPython itself
-(`pydoc_data.topics`, about 465,000 characters of English), so the corpus exists on any
-machine that runs the pipeline, offline. It is technical English; its hash is recorded
-with each SAE so that a change of Python version shows.
+Prose: the Python Language Reference's topic texts (`pydoc_data.topics` of CPython 3.11.7,
+about 465,000 characters of technical English, PSF licence), shipped in this repository
+as analysis/corpus_data/python-reference-topics.txt.gz. `pydoc_data.topics` itself differs
+between CPython patch releases; the shipped copy does not, and its SHA-256 is checked
+against params.yaml (sae_train.corpus.prose_sha256) before any use, so every machine and
+every Python trains on the same text, or stops saying why.
 
 Arithmetic: lines of solved additions in the study's format ("3 + 4 = 7. 2 + 9 = 11."),
 with 1 to 4 examples a line and operands in 0..max_operand, seeded.
@@ -14,20 +16,38 @@ windows are shuffled together (seeded) and split into training and held-out sets
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 
-def prose_text() -> str:
-    import pydoc_data.topics
+PROSE_FILE = Path(__file__).parent / "corpus_data" / "python-reference-topics.txt.gz"
+PROSE_SOURCE = "the Python Language Reference topics (pydoc_data.topics of CPython 3.11.7)"
+PROSE_PYTHON = "3.11.7"  # the CPython whose pydoc_data.topics the shipped text is
 
-    topics = pydoc_data.topics.topics
-    return "\n\n".join(topics[name].strip() for name in sorted(topics))
+
+class CorpusError(RuntimeError):
+    """The shipped prose is missing or is not the text params.yaml pins."""
+
+
+def prose_text(expected_sha256: str | None = None, path: Path = PROSE_FILE) -> str:
+    """The shipped prose; with `expected_sha256`, checked to be exactly the pinned text."""
+    try:
+        text = gzip.decompress(path.read_bytes()).decode()
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{path}: cannot be read ({exc}); restore it with `git checkout -- {path}`") from None
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise CorpusError(f"{path}: its text has SHA-256 {digest}, but params.yaml (sae_train.corpus.prose_sha256) "
+                          f"pins {expected_sha256}. Restore the file with `git checkout -- {path}`; if you changed "
+                          "the corpus on purpose, put its hash in params.yaml, and the SAEs are retrained.")
+    return text
 
 
 def arithmetic_text(n_lines: int, max_operand: int, seed: int) -> str:
@@ -54,9 +74,10 @@ class Corpus:
 
 
 def build_corpus(model, context_size: int, prose_windows: int, arithmetic_windows: int,
-                 heldout_fraction: float, max_operand: int, seed: int) -> Corpus:
-    """Seeded prose and arithmetic windows for the model's tokenizer (BOS first where it uses one)."""
-    prose = prose_text()
+                 heldout_fraction: float, max_operand: int, seed: int, prose_sha256: str | None = None) -> Corpus:
+    """Seeded prose and arithmetic windows for the model's tokenizer (BOS first where it uses
+    one); the prose checked against `prose_sha256` where given."""
+    prose = prose_text(prose_sha256)
     generator = torch.Generator().manual_seed(seed)
     body = context_size - (1 if model.cfg.default_prepend_bos else 0)
     prose_w = windows(model.tokenizer, prose, body)

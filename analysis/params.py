@@ -182,6 +182,7 @@ class SaeCorpusParams(Section):
     arithmetic_windows: PositiveInt
     heldout_fraction: Annotated[float, Field(strict=True, gt=0, lt=0.5)]
     seed: NonNegativeInt
+    prose_sha256: Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]  # the shipped prose, pinned
 
 
 class SaeTrainParams(Section):

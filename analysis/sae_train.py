@@ -23,7 +23,6 @@ the prompt family with and without the SAE.
 
 from __future__ import annotations
 
-import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analysis.artifacts import StagePaths, atomic_write_dir, save_json, save_tensors, to_json_bytes
-from analysis.corpus import Corpus, build_corpus
+from analysis.corpus import PROSE_PYTHON, PROSE_SOURCE, Corpus, build_corpus
 from analysis.params import Params, SaeParams, hook_layer
 from analysis.prompts import PreparedPrompt, prepare_family, run_by_length
 from analysis.saes import STAGE, CorpusRecord, Quality, SaeRecord, SaeTrainMetrics, load_sae, splice
@@ -158,8 +157,7 @@ def train_or_load(model, key: str, name: str, spec: SaeParams, params: Params, c
 
 def corpus_record(corpus: Corpus, params: Params) -> CorpusRecord:
     return CorpusRecord(
-        prose_source=f"pydoc_data.topics of CPython {platform.python_version()}",
-        prose_sha256=corpus.prose_sha256, python_version=platform.python_version(),
+        prose_source=PROSE_SOURCE, prose_sha256=corpus.prose_sha256, python_version=PROSE_PYTHON,
         context_size=params.sae_train.corpus.context_size, n_train_windows=len(corpus.train),
         n_heldout_windows=len(corpus.heldout), n_prose_train_windows=int((corpus.source == 0).sum()),
         n_arithmetic_train_windows=int((corpus.source == 1).sum()),
@@ -169,7 +167,7 @@ def corpus_record(corpus: Corpus, params: Params) -> CorpusRecord:
 def run(model, params: Params, key: str, paths: StagePaths) -> SaeTrainMetrics:
     c = params.sae_train.corpus
     corpus = build_corpus(model, c.context_size, c.prose_windows, c.arithmetic_windows, c.heldout_fraction,
-                          params.family.max_operand, c.seed)
+                          params.family.max_operand, c.seed, prose_sha256=c.prose_sha256)
     records = {}
     with tempfile.TemporaryDirectory() as staging:
         for name, spec in params.model(key).saes.items():

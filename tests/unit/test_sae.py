@@ -94,6 +94,19 @@ def test_corpus_is_seeded_and_mixes_both_sources():
     assert "python" in corpus.prose_text().lower() and len(corpus.prose_text()) > 100_000
 
 
+def test_the_shipped_prose_is_the_pinned_text_and_a_changed_one_is_refused(tmp_path, params):
+    import gzip
+
+    text = corpus.prose_text(params.sae_train.corpus.prose_sha256)  # what params.yaml pins: no error
+    changed = tmp_path / "prose.txt.gz"
+    changed.write_bytes(gzip.compress(text.replace("Python", "Pithon", 1).encode(), mtime=0))
+    with pytest.raises(corpus.CorpusError, match=r"prose\.txt\.gz: its text has SHA-256 [0-9a-f]{64}, but params"):
+        corpus.prose_text(params.sae_train.corpus.prose_sha256, path=changed)
+    changed.write_bytes(b"not gzip")
+    with pytest.raises(corpus.CorpusError, match="cannot be read"):
+        corpus.prose_text(path=changed)
+
+
 def test_training_a_topk_sae_reduces_reconstruction_error():
     generator = torch.Generator().manual_seed(0)
     basis = torch.randn(16, 24, generator=generator)
