@@ -7,7 +7,7 @@ from helpers import char_tokenizer, make_params, tiny_model
 from analysis import behaviour
 from analysis.artifacts import StagePaths
 from analysis.prompts import ArithmeticPrompt, parse_arithmetic
-from analysis.stats import bootstrap_ci, context_bootstrap
+from analysis.stats import context_bootstrap
 
 CANONICAL = parse_arithmetic("1 + 1 = 2. 2 + 2 = 4. 5 + 5 =")
 

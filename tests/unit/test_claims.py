@@ -265,3 +265,9 @@ def test_carry_is_not_testable_without_sums_that_carry(params):
     for c in r.behaviour.conditions.values():
         c.carry_gap = NS(mean=None, low=None, high=None, n=0, p_value=None)  # max_operand below 5
     assert verdict(claims.carry_harder, r, params) == NOT_TESTABLE
+
+
+def test_claims_name_the_patched_subset_as_the_patching_stage_does():
+    from analysis import patching
+
+    assert claims.ERRING == patching.ERRING  # copied so that claims imports no torch; must not drift
