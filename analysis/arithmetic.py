@@ -7,6 +7,7 @@ imports nothing heavy.
 from __future__ import annotations
 
 import random
+from collections import Counter
 import re
 from dataclasses import dataclass
 
@@ -76,6 +77,14 @@ def parse_arithmetic(text: str) -> ArithmeticPrompt:
         if prompt.text == text:
             return prompt
     raise ValueError(f"{text!r} is not of the form 'a + b = c. ... x + y =' (or 'a+b=c. ... x+y=')")
+
+
+def count_few_shot_prompts(n_shots: int, max_operand: int) -> int:
+    """How many distinct prompts few_shot_family can draw: every query, times every choice of
+    examples whose answers begin with another digit than the query's answer."""
+    pairs = (max_operand + 1) ** 2
+    by_digit = Counter(str(a + b)[0] for a in range(max_operand + 1) for b in range(max_operand + 1))
+    return sum(n * (pairs - n) ** n_shots for n in by_digit.values())
 
 
 def few_shot_family(n_prompts: int, n_shots: int, max_operand: int, seed: int) -> list[ArithmeticPrompt]:

@@ -6,10 +6,11 @@ Every format is deterministic: safetensors for tensors, JSON with sorted keys an
 Python's shortest round-trip float repr, SVG figures with fixed metadata and hash salt.
 Reads check the results against their schema (`ArtifactError` names the file and field).
 
-Layout, for a model key M and a stage S (params.OUTPUTS):
-    data/M/S.safetensors        tensors
-    data/M/metrics/S.json       scalars and small lists: what the paper quotes
+Layout, for a model key M and a stage S (params.OUTPUTS and params.METRICS):
+    data/M/S.safetensors        tensors                                        (DVC-cached)
+    data/M/S.json               results: scalars and small lists the paper quotes  (DVC-cached)
     data/M/S/                   a folder, for outputs in other formats (trained SAEs)
+    metrics/M/S.json            headline metrics, a few dozen numbers          (git-tracked)
 Figures are drawn by the paper, from these files, with the stages' plot_* functions.
 
 Every results file read through this module is recorded (`reads()`), so that a stage or
@@ -18,6 +19,7 @@ the paper can be checked to read exactly the dependencies dvc.yaml declares.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
@@ -33,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from analysis.params import OUTPUTS
+from analysis.params import METRICS, OUTPUTS
 
 DATA_DIR = Path("data")
 _READS: set[Path] = set()
@@ -63,8 +65,17 @@ class StagePaths:
         return self._output("tensors")
 
     @property
+    def results(self) -> Path:
+        return self._output("results")
+
+    @property
     def metrics(self) -> Path:
-        return self._output("metrics")
+        """The headline metrics, beside data/: metrics/<model>/<stage>.json."""
+        return self.root.parent / METRICS.format(model=self.model, stage=self.stage)
+
+    def plot(self, name: str) -> Path:
+        """The data of one of the stage's plots: metrics/<model>/<stage>_<name>.csv."""
+        return self.metrics.with_name(f"{self.stage}_{name}.csv")
 
     @property
     def dir(self) -> Path:
@@ -110,9 +121,13 @@ def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and some writers make owner-only modes
             path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if target.exists():  # renamed aside, not deleted in place: a kill leaves the old folder or none
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -185,6 +200,37 @@ def load_json(path: Path, schema: type[M]) -> M:
             f"{path}: does not match the {schema.__name__} schema at {field}: {first['msg']}. "
             f"Restore it with `dvc checkout --force {path}` or rebuild it with `dvc repro`."
         ) from None
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Every scalar leaf of a parsed JSON value, keyed by its dotted path; lists are skipped."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
+    return {} if isinstance(obj, list) or obj is None else {prefix.rstrip("."): obj}
+
+
+def headline(results: Any, patterns: tuple[str, ...], digits: int = 4) -> dict[str, int | float]:
+    """The numbers of `results` whose dotted path matches one of `patterns` (fnmatch), floats
+    rounded to `digits` significant digits: what `dvc metrics show` lists for a stage."""
+    leaves = flatten(results)
+    picked = {path: value for path, value in leaves.items()
+              if any(fnmatch.fnmatchcase(path, p) for p in patterns)
+              and isinstance(value, int | float) and not isinstance(value, bool)}
+    if not picked:
+        raise ValueError(f"no headline number matches {patterns}")
+    return {path: float(f"{value:.{digits}g}") if isinstance(value, float) else value
+            for path, value in sorted(picked.items())}
+
+
+def to_csv_bytes(rows: list[dict[str, int | float]], digits: int = 6) -> bytes:
+    """Rows of numbers as CSV, floats at `digits` significant digits (a plot's data)."""
+    def cell(value: int | float) -> str:
+        return str(value) if isinstance(value, int) else f"{value:.{digits}g}"
+
+    lines = [",".join(rows[0]), *(",".join(cell(v) for v in row.values()) for row in rows)]
+    return ("\n".join(lines) + "\n").encode()
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

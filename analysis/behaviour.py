@@ -2,7 +2,7 @@
 
 DVC stage `behaviour@<model>`. Reads params.yaml [seed, models.<model>, prompt, stats,
 behaviour]; writes data/<model>/behaviour.safetensors and
-data/<model>/metrics/behaviour.json. The paper draws its figures from them.
+data/<model>/behaviour.json. The paper draws its figures from them.
 
 For every pair a + b with a, b in 0..max_operand, in three conditions:
 - zero_shot: "a + b =" alone;
@@ -50,6 +50,9 @@ from analysis.stage import run_stage
 from analysis.stats import Estimate, context_bootstrap
 
 STAGE = "behaviour"
+# What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
+HEADLINE = ("conditions.*.accuracy.all.*", "conditions.*.error_prob.all.mean", "conditions.*.carry_gap.mean",
+            "conditions.*.n_wrong", "conditions.*.items.*.accuracy", "error_vs_zero_shot.*.mean")
 CONDITIONS = ("zero_shot", "few_shot", "study_context")
 CLASSES = ("copy", "sequence", "operand", "last_operand_plus_one", "off_by_one", "other")
 DIGITS = {f"digit_{d}": f" {d}" for d in range(10)}  # fixes where every numeric answer starts
@@ -305,12 +308,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
                                n_pairs=(settings.max_operand + 1) ** 2, conditions=results,
                                error_vs_zero_shot=paired, frequency=frequency)
     save_tensors(paths.tensors, tensors)
-    save_json(paths.metrics, metrics)
+    save_json(paths.results, metrics)
     return metrics
 
 
 def load_results(paths: StagePaths) -> tuple[BehaviourMetrics, dict[str, Tensor]]:
-    metrics = load_json(paths.metrics, BehaviourMetrics)
+    metrics = load_json(paths.results, BehaviourMetrics)
     size = metrics.max_operand + 1
     expected = {f"{name}/accuracy_grid": (size, size) for name in metrics.conditions}
     return metrics, load_tensors(paths.tensors, expected)
@@ -399,7 +402,7 @@ def plot_frequency(metrics: BehaviourMetrics):
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, run, argv)
+    run_stage(STAGE, run, HEADLINE, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 DVC stage `heads@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
 stats, heads]; writes data/<model>/heads.safetensors and
-data/<model>/metrics/heads.json. The paper draws its figures from them.
+data/<model>/heads.json. The paper draws its figures from them.
 
 Every head is measured, and the data name the heads:
 - induction and previous-token scores, on repeated random token sequences (the standard
@@ -49,6 +49,9 @@ from analysis.stage import run_stage
 from analysis.stats import Estimate, bootstrap_ci, estimate_mean
 
 STAGE = "heads"
+# What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
+HEADLINE = ("base_canonical.*", "base_family.*", "dla_total", "dla_parts.heads", "dla_parts.mlp",
+            "top_induction_head.*")
 
 
 # --- compute ---------------------------------------------------------------------------
@@ -290,6 +293,13 @@ class HeadsMetrics(Schema):
     family_examples: list[str]
 
 
+def curves(metrics: HeadsMetrics) -> dict[str, list[dict[str, float]]]:
+    """The per-head curve that dvc.yaml declares as a plot (StageSpec.plots), layer-major."""
+    rows = [(score, dla) for scores, dlas in zip(metrics.induction_score, metrics.dla, strict=True)
+            for score, dla in zip(scores, dlas, strict=True)]
+    return {"heads": [{"head": i, "induction_score": score, "dla": dla} for i, (score, dla) in enumerate(rows)]}
+
+
 # --- stage -----------------------------------------------------------------------------
 
 def _final_attention_of(model, prompts, prepared: list[PreparedPrompt]) -> FinalAttention:
@@ -471,12 +481,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> HeadsMetrics:
         "family_prev_answer_attention": fam.attention, "family_copy_dla": fam.copy_dla,
         "dla": dla.per_head[0], **patterns,
     })
-    save_json(paths.metrics, metrics)
+    save_json(paths.results, metrics)
     return metrics
 
 
 def load_results(paths: StagePaths) -> tuple[HeadsMetrics, dict[str, Tensor]]:
-    metrics = load_json(paths.metrics, HeadsMetrics)
+    metrics = load_json(paths.results, HeadsMetrics)
     shape = (metrics.n_layers, metrics.n_heads)
     tensors = load_tensors(paths.tensors, {"induction_score": shape, "dla": shape, "pattern_canonical": 4,
                                            "pattern_control": 4})
@@ -606,7 +616,7 @@ def plot_head_ablation(metrics: HeadsMetrics):
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, run, argv)
+    run_stage(STAGE, run, HEADLINE, argv, curves=curves)
 
 
 if __name__ == "__main__":

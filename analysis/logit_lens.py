@@ -2,7 +2,7 @@
 
 DVC stage `logit_lens@<model>`. Reads params.yaml [seed, models.<model>, prompt, family,
 stats, logit_lens]; writes data/<model>/logit_lens.safetensors and
-data/<model>/metrics/logit_lens.json. The paper draws its figures from them.
+data/<model>/logit_lens.json. The paper draws its figures from them.
 
 At the final position, the residual stream after block l (`resid_post`) is passed
 through the final norm and the unembedding and softmaxed, as the study does. The norm's
@@ -34,6 +34,9 @@ from analysis.stage import run_stage
 from analysis.stats import bootstrap_ci
 
 STAGE = "logit_lens"
+# What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
+HEADLINE = ("correct.answer_prob", "misconception.answer_prob", "*.peak_layer", "family.n_prompts",
+            "family.n_copy_prompts")
 
 
 @dataclass(frozen=True)
@@ -209,10 +212,17 @@ def plot_family_lens(metrics: LogitLensMetrics):
     return fig
 
 
+def curves(metrics: LogitLensMetrics) -> dict[str, list[dict[str, float]]]:
+    """The per-layer curve that dvc.yaml declares as a plot (StageSpec.plots)."""
+    family = metrics.family
+    return {"layers": [{"layer": layer, "correct": correct, "copy": copy} for layer, (correct, copy)
+                       in enumerate(zip(family.correct.mean, family.previous_answer.mean, strict=True))]}
+
+
 # --- stage -----------------------------------------------------------------------------
 
 def load_results(paths: StagePaths) -> tuple[LogitLensMetrics, dict[str, Tensor]]:
-    metrics = load_json(paths.metrics, LogitLensMetrics)
+    metrics = load_json(paths.results, LogitLensMetrics)
     tensors = load_tensors(paths.tensors, {"lens_probs": (metrics.n_layers, 2)})
     return metrics, tensors
 
@@ -235,12 +245,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> LogitLensMetrics:
         "tokens": prepared.tokens,
         "family_lens": family_lens,  # (prompt, layer, [correct, copy])
     })
-    save_json(paths.metrics, metrics)
+    save_json(paths.results, metrics)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, run, argv)
+    run_stage(STAGE, run, HEADLINE, argv, curves=curves)
 
 
 if __name__ == "__main__":

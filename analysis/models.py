@@ -22,7 +22,9 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 import socket
+import sys
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -35,7 +37,7 @@ from analysis.params import ModelParams, Params
 # Set by the paper build: the paper renders cached artifacts and must never load a model.
 FORBID_ENV = "ARITH_FORBID_MODEL_LOAD"
 # Bump when the conversion below changes, so stale cached weights are not reused.
-CONVERSION_VERSION = "2"  # 2: the cache holds the processed (folded, centred) weights
+CONVERSION_VERSION = "3"  # 2: the cache holds the processed (folded, centred) weights; 3: and their SHA-256
 
 warnings.filterwarnings("ignore", message="HookedTransformer is deprecated", category=DeprecationWarning)
 
@@ -225,11 +227,18 @@ def load_gguf_wheel_model(key: str, spec: ModelParams, device: str, use_cache: b
     path = gguf_path(spec)
     cached = cache_dir() / "models" / f"{key}-{_cache_key(path)}"
     if use_cache and (cached / "weights.safetensors").is_file():
-        tokenizer, hf_config = AutoTokenizer.from_pretrained(cached), AutoConfig.from_pretrained(cached)
-        model = HookedTransformer(hooked_config_from_llama(hf_config, spec, "cpu", folded=True), tokenizer=tokenizer,
-                                  move_to_device=False)
-        model.load_state_dict(load_file(cached / "weights.safetensors"), strict=True)
-        return model.to(device)
+        try:
+            if (cached / "weights.sha256").read_text().strip() != _sha256(cached / "weights.safetensors"):
+                raise ValueError("weights.safetensors does not match the SHA-256 recorded beside it")
+            tokenizer, hf_config = AutoTokenizer.from_pretrained(cached), AutoConfig.from_pretrained(cached)
+            model = HookedTransformer(hooked_config_from_llama(hf_config, spec, "cpu", folded=True),
+                                      tokenizer=tokenizer, move_to_device=False)
+            model.load_state_dict(load_file(cached / "weights.safetensors"), strict=True)
+            return model.to(device)
+        except Exception as exc:  # a damaged or partial cache: say so, then convert again
+            print(f"warning: the converted-model cache {cached} is damaged ({type(exc).__name__}: {exc}); "
+                  "deleting it and converting the GGUF file again (about 40 s)", file=sys.stderr)
+            shutil.rmtree(cached, ignore_errors=True)
     hf_model, tokenizer = load_gguf_hf(spec)
     hf_config = hf_model.config
     cfg = hooked_config_from_llama(hf_config, spec, "cpu")
@@ -245,4 +254,5 @@ def load_gguf_wheel_model(key: str, spec: ModelParams, device: str, use_cache: b
         hf_config.save_pretrained(cached)
         processed = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         atomic_write_bytes(cached / "weights.safetensors", save(processed))
+        atomic_write_bytes(cached / "weights.sha256", _sha256(cached / "weights.safetensors").encode())
     return model.to(device)

@@ -2,7 +2,7 @@
 and the text's typography (one minus sign, no negative zero, no doubled full stop).
 
 Not a stage: a check on the paper that `paper@<model>` built. It reads
-paper/_build/<model>/index.html, data/<model>/metrics/*.json and params.yaml, and lists each
+paper/_build/<model>/index.html, data/<model>/*.json and params.yaml, and lists each
 number in the paper's text that no number in those files explains at the precision shown
 (as it is, as a percentage, negated, or as its distance to 1). A number typed into the
 manuscript, or one computed there from nothing the results hold, shows up here.
@@ -142,7 +142,7 @@ def typography(html: str) -> list[str]:
 def check(model: str, root: Path = Path(".")) -> list[str]:
     """Unexplained numbers and typographic slips of the model's built paper."""
     html = (root / "paper" / "_build" / model / "index.html").read_text()
-    documents = [json.loads(p.read_text()) for p in sorted((root / "data" / model / "metrics").glob("*.json"))]
+    documents = [json.loads(p.read_text()) for p in sorted((root / "data" / model).glob("*.json"))]
     documents.append(yaml.safe_load((root / "params.yaml").read_text()))
     return [f"unexplained number: {n}" for n in unexplained(html, documents)] + typography(html)
 

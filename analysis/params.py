@@ -17,6 +17,7 @@ is allowed; `exit_on_params_error` turns it into one message on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import sys
 from collections.abc import Iterator
@@ -29,12 +30,14 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from analysis.arithmetic import parse_arithmetic
+from analysis.arithmetic import count_few_shot_prompts, parse_arithmetic
 
 PARAMS_FILE = Path("params.yaml")
 
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]  # what numpy and torch accept
+MAX_PROMPTS = 100_000  # prompt counts and resamples: beyond this, memory and time run out on a laptop
 Text = Annotated[str, Field(strict=True)]
 Probability = Annotated[float, Field(strict=True, ge=0, le=1)]
 
@@ -112,24 +115,38 @@ class PromptParams(Section):
 
 
 class FamilyParams(Section):
-    n_prompts: Annotated[int, Field(strict=True, ge=2)]
-    n_shots: PositiveInt
+    n_prompts: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]
+    n_shots: Annotated[int, Field(strict=True, gt=0, le=20)]
     max_operand: PositiveInt
-    seed: NonNegativeInt
+    seed: Seed
 
 
 class StatsParams(Section):
-    bootstrap_resamples: Annotated[int, Field(strict=True, ge=100)]
+    bootstrap_resamples: Annotated[int, Field(strict=True, ge=100, le=MAX_PROMPTS)]  # 10^5 x 2000 floats: 1.6 GB
     ci_level: Annotated[float, Field(strict=True, gt=0, lt=1)]
 
 
 # --- the stages ------------------------------------------------------------------------
 
-OUTPUTS = {  # what a stage can write, under data/<model>/
+OUTPUTS = {  # what a stage can write, under data/<model>/ (DVC-cached)
     "tensors": "{stage}.safetensors",
-    "metrics": "metrics/{stage}.json",
+    "results": "{stage}.json",
     "dir": "{stage}",
 }
+# Every stage also writes its headline numbers to metrics/<model>/<stage>.json: a few
+# dozen scalars that git tracks (DVC `metrics`, cache: false), so a clone shows them.
+METRICS = "metrics/{model}/{stage}.json"
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A curve a stage writes to metrics/<model>/<stage>_<name>.csv (git-tracked), which
+    dvc.yaml declares as a DVC plot: `dvc plots show`/`diff` draw `y` against `x`."""
+
+    name: str
+    x: str
+    y: tuple[str, ...]
+    title: str
 
 
 @dataclass(frozen=True)
@@ -140,18 +157,27 @@ class StageSpec:
 
     shared: tuple[str, ...]
     reads: tuple[str, ...] = ()
-    writes: tuple[str, ...] = ("tensors", "metrics")
-    paper: tuple[str, ...] = ("tensors", "metrics")
+    writes: tuple[str, ...] = ("tensors", "results")
+    paper: tuple[str, ...] = ("tensors", "results")
+    plots: tuple[Plot, ...] = ()
 
 
 def output_path(stage: str, kind: str, model: str) -> str:
-    """An output's path from the repository root: output_path('heads', 'metrics', 'gpt2-small')."""
+    """An output's path from the repository root: output_path('heads', 'results', 'gpt2-small')."""
     return f"data/{model}/" + OUTPUTS[kind].format(stage=stage)
 
 
+def metrics_path(stage: str, model: str, plot: str | None = None) -> str:
+    """A stage's headline metrics, or one of its plots' data (git-tracked), from the
+    repository root."""
+    path = METRICS.format(model=model, stage=stage)
+    return path if plot is None else path.removesuffix(".json") + f"_{plot}.csv"
+
+
 class LogitLensParams(Section):
-    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"))
-    top_k: PositiveInt
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"), plots=(
+        Plot("layers", "layer", ("correct", "copy"), "Logit lens over the prompt family: mean probability per layer"),))
+    top_k: Annotated[int, Field(strict=True, gt=0, le=1000)]  # top tokens listed, far below any vocabulary
 
 
 class InductionParams(Section):
@@ -160,7 +186,8 @@ class InductionParams(Section):
 
 
 class HeadsParams(Section):
-    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"))
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"), plots=(
+        Plot("heads", "head", ("induction_score", "dla"), "Every head (layer-major): induction score and DLA"),))
     induction: InductionParams
     top_k: PositiveInt
     ablation: Literal["zero", "mean"]
@@ -171,7 +198,7 @@ class BehaviourParams(Section):
     max_operand: PositiveInt
     n_shots: PositiveInt
     n_contexts: PositiveInt
-    context_seed: NonNegativeInt
+    context_seed: Seed
     max_answer_tokens: PositiveInt
     neutral_contexts: Annotated[list[Text], Field(min_length=1)]
 
@@ -181,23 +208,23 @@ class SaeCorpusParams(Section):
     prose_windows: PositiveInt
     arithmetic_windows: PositiveInt
     heldout_fraction: Annotated[float, Field(strict=True, gt=0, lt=0.5)]
-    seed: NonNegativeInt
+    seed: Seed
     prose_sha256: Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]  # the shipped prose, pinned
 
 
 class SaeTrainParams(Section):
-    stage: ClassVar = StageSpec(shared=("family",), writes=("dir", "metrics"), paper=("metrics",))
+    stage: ClassVar = StageSpec(shared=("family",), writes=("dir", "results"), paper=("results",))
     k: PositiveInt  # latents active per token (TopK)
     lr: Annotated[float, Field(strict=True, gt=0)]
     batch_size: PositiveInt
     epochs: PositiveInt
-    seed: NonNegativeInt
+    seed: Seed
     corpus: SaeCorpusParams
 
 
 class SaeAnalysisParams(Section):
-    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"), reads=("sae_train:dir", "sae_train:metrics"),
-                                paper=("metrics",))
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"), reads=("sae_train:dir", "sae_train:results"),
+                                paper=("results",))
     top_k: PositiveInt
     ablation: Literal["zero", "mean"]
     attribution_metric: Literal["logit_diff", "prob_diff"]
@@ -205,12 +232,14 @@ class SaeAnalysisParams(Section):
 
 
 class PatchingParams(Section):
-    stage: ClassVar = StageSpec(shared=("prompt", "stats"), reads=("sae_train:dir",), paper=("metrics",))
+    stage: ClassVar = StageSpec(shared=("prompt", "stats"), reads=("sae_train:dir",), paper=("results",), plots=(
+        Plot("layers", "layer", ("copy_exact", "copy_attribution", "sequence_exact", "sequence_attribution"),
+             "Patching each layer's MLP output: exact and attribution, per error set"),))
     n_pairs: Annotated[int, Field(strict=True, ge=2)]  # prompt pairs per error set, each its own context
     n_patched: Annotated[int, Field(strict=True, ge=2)]  # pairs patched: where the model errs, if it does
     n_shots: PositiveInt  # examples in the copy set's contexts (the sequence set has two)
     max_operand: Annotated[int, Field(strict=True, ge=2, le=99)]
-    seed: NonNegativeInt
+    seed: Seed
     last_positions: PositiveInt  # residual patching at each of the last positions
     top_heads: PositiveInt  # heads ranked by attribution patching, then patched exactly
     exhaustive_heads: Annotated[bool, Field(strict=True)]  # patch every head exactly (a GPU's job)
@@ -263,14 +292,30 @@ class PaperParams(Section):
     @classmethod
     def _iso_date(cls, value: str) -> str:
         try:
-            datetime.fromisoformat(value)
+            when = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError("an ISO 8601 date and time, such as 2026-11-24T00:00:00Z") from None
+        if when.tzinfo is None:  # else the PDF's timestamp would depend on the machine's time zone
+            raise ValueError("a date and time with its time zone, such as 2026-11-24T00:00:00Z")
         return value
 
 
+class Tolerance(Section):
+    """|committed - recomputed| <= abs + rel * max(|committed|, |recomputed|)."""
+
+    abs: Annotated[float, Field(strict=True, ge=0)]
+    rel: Annotated[float, Field(strict=True, ge=0)]
+
+
+class VerifyParams(Section):
+    """`make verify`'s tolerances, per kind of number; integers, flags and labels must be equal."""
+
+    reals: Tolerance  # every real number of a results file (.json)
+    tensors: Tolerance  # every element of a floating-point tensor (.safetensors)
+
+
 class Params(Section):
-    seed: NonNegativeInt
+    seed: Seed
     models: dict[str, ModelParams]
     prompt: PromptParams
     family: FamilyParams
@@ -284,6 +329,7 @@ class Params(Section):
     patching: PatchingParams
     claims: ClaimsParams
     paper: PaperParams
+    verify: VerifyParams
 
     def model(self, key: str) -> ModelParams:
         if key not in self.models:
@@ -306,8 +352,24 @@ def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
         return ".".join(loc), error["input"], f"unknown field{' in ' + parent if parent else ''}; remove it or fix its name"
     if kind == "missing":
         return ".".join(loc), None, "missing; this field is required"
+    if kind == "missing":
+        return ".".join(loc), None, "missing; this field is required"
     message = error["msg"].removeprefix("Value error, ")
     return ".".join(loc), error.get("input"), message
+
+
+def _first_error(exc: ValidationError) -> tuple[str, Any, str]:
+    """The error to report: an unknown key before a missing one (a misspelt key is both),
+    with the missing name it probably meant."""
+    errors = exc.errors()
+    extra = [e for e in errors if e["type"] == "extra_forbidden"]
+    if not extra:
+        return _describe(errors[0])
+    field, value, allowed = _describe(extra[0])
+    parent = extra[0]["loc"][:-1]
+    missing = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+    close = difflib.get_close_matches(str(extra[0]["loc"][-1]), missing, n=1)
+    return field, value, allowed.replace("remove it or fix its name", f"did you mean {close[0]!r}?") if close else allowed
 
 
 # --- checks that span fields: what pydantic's per-field types cannot say -----------------
@@ -394,8 +456,12 @@ def _check_answers(params: Params) -> None:
         raise ParamsError("prompt.answers.misconception", answers["misconception"],
                           f"an answer different from prompt.answers.correct ({answers['correct']!r})")
     for name, text in answers.items():
-        if not text.strip().isdigit():
-            raise ParamsError(f"prompt.answers.{name}", text, "a number written as text, such as ' 10'")
+        if not re.fullmatch(r"[0-9]+", text.strip()):
+            raise ParamsError(f"prompt.answers.{name}", text, "a number written in ASCII digits 0-9, such as ' 10'")
+    for name, other in (("misconception", "correct"), ("correct", "misconception")):
+        if answers[other].startswith(answers[name]):
+            raise ParamsError(f"prompt.answers.{name}", answers[name], f"an answer that is not a prefix of "
+                              f"prompt.answers.{other} ({answers[other]!r}): its tokens would start the other's")
 
 
 def _check_operands(params: Params) -> None:
@@ -417,7 +483,18 @@ def _check_behaviour(params: Params) -> None:
             raise ParamsError(f"behaviour.neutral_contexts[{i}]", text, "a non-empty text that asks for no sum")
 
 
-CHECKS = (_check_models, _check_prompts, _check_answers, _check_operands, _check_behaviour)
+def _check_family(params: Params) -> None:
+    family = params.family
+    if family.max_operand > 99:
+        return  # _check_operands says so
+    distinct = count_few_shot_prompts(family.n_shots, family.max_operand)
+    if family.n_prompts > distinct // 2:
+        raise ParamsError("family.n_prompts", family.n_prompts, f"at most {distinct // 2}: with {family.n_shots} "
+                          f"shot(s) and operands 0..{family.max_operand} there are {distinct} distinct prompts, and "
+                          "the seeded draw takes at most half of them so that it ends quickly")
+
+
+CHECKS = (_check_models, _check_prompts, _check_answers, _check_operands, _check_family, _check_behaviour)
 
 
 def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
@@ -427,7 +504,7 @@ def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
     try:
         params = Params.model_validate(raw)
     except ValidationError as exc:
-        field, value, allowed = _describe(exc.errors()[0])
+        field, value, allowed = _first_error(exc)
         raise ParamsError(field, value, allowed, source) from None
     try:
         for check in CHECKS:
@@ -437,12 +514,56 @@ def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
     return params
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, field: str, value: Any, line: int):
+        super().__init__(field)
+        self.field, self.value, self.line = field, value, line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                path = ".".join(self._path(node) + [str(key)])
+                raise DuplicateKeyError(path, key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def _path(self, node: yaml.Node) -> list[str]:
+        """The keys leading to `node` from the document's root."""
+        def walk(current: yaml.Node, trail: list[str]) -> list[str] | None:
+            if current is node:
+                return trail
+            if isinstance(current, yaml.MappingNode):
+                for key_node, value_node in current.value:
+                    found = walk(value_node, [*trail, str(key_node.value)])
+                    if found is not None:
+                        return found
+            return None
+
+        return walk(self._root, []) or []
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._root = node
+        return super().construct_document(node)
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ParamsError("(file)", str(path), "params.yaml not found; run from the repository root") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ParamsError("(file)", str(path), f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line}; "
+                          "save the file as UTF-8") from None
+    except DuplicateKeyError as exc:
+        raise ParamsError(exc.field, exc.value, f"given twice (line {exc.line}); keep one") from None
     except yaml.YAMLError as exc:
         raise ParamsError("(file)", str(path), f"not valid YAML: {exc}") from None
     return validate_params(raw, path)

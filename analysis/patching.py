@@ -3,7 +3,7 @@ patching, ablations against random controls, wrong against right answers, and th
 circuit from path patching (the study's Figures 4, 5 and 10, measured).
 
 DVC stage `patching@<model>`. Reads params.yaml [seed, models.<model>, prompt, stats,
-patching]; writes data/<model>/patching.safetensors and data/<model>/metrics/patching.json.
+patching]; writes data/<model>/patching.safetensors and data/<model>/patching.json.
 
 Error sets (analysis/arithmetic.py): pairs of prompts of equal token length with the same
 query. In the `copy` set every example of the corrupt context answers the candidate error
@@ -70,6 +70,10 @@ from analysis.stats import Estimate, PairedEstimate, estimate_mean, paired_estim
 from analysis.timing import timed
 
 STAGE = "patching"
+# What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
+HEADLINE = ("examples.error_rate.mean", "examples.p_correct.mean", "sets.*.error_gap.mean", "sets.*.error_gap.p_value",
+            "sets.*.ablation.joint.*.delta_error_rate.mean", "sets.*.ablation.joint.*.delta_logit_diff.mean",
+            "sets.*.ablation.p_value", "sets.*.rank_agreement_*", "sets.*.cases.n_error")
 ANSWERS = ("error", "correct")
 ERRING = "pairs where the model gives the error"
 
@@ -640,7 +644,17 @@ class PatchingMetrics(Schema):
 
 
 def load_results(paths: StagePaths) -> PatchingMetrics:
-    return load_json(paths.metrics, PatchingMetrics)
+    return load_json(paths.results, PatchingMetrics)
+
+
+def curves(metrics: PatchingMetrics) -> dict[str, list[dict[str, float]]]:
+    """The per-layer curve that dvc.yaml declares as a plot (StageSpec.plots)."""
+    sets = metrics.sets
+    columns = {f"{name}_{kind}": values for name in ("copy", "sequence")
+               for kind, values in (("exact", [e.mean for e in sets[name].mlp_exact]),
+                                    ("attribution", sets[name].mlp_attribution))}
+    return {"layers": [{"layer": layer, **{c: v[layer] for c, v in columns.items()}}
+                       for layer in range(metrics.n_layers)]}
 
 
 # --- stage -----------------------------------------------------------------------------
@@ -1083,7 +1097,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> PatchingMetrics:
                               ci_level=params.stats.ci_level, ablate_threshold=params.patching.ablate_threshold,
                               sets=results, examples=examples_result(model, params))
     save_tensors(paths.tensors, tensors)
-    save_json(paths.metrics, metrics)
+    save_json(paths.results, metrics)
     return metrics
 
 
@@ -1316,7 +1330,7 @@ def plot_circuit(metrics: PatchingMetrics):
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, run, argv)
+    run_stage(STAGE, run, HEADLINE, argv, curves=curves)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from analysis.params import StageSpec, output_path, stages
+from analysis.params import StageSpec, metrics_path, output_path, stages
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_YAML = REPO / "dvc.yaml"
@@ -88,11 +88,19 @@ def paper_reads(model: str) -> list[str]:
     return [output_path(name, kind, model) for name, spec in stages().items() for kind in spec.paper]
 
 
-def _outs(name: str, spec: StageSpec) -> dict[str, list[str]]:
-    outs = {"outs": [output_path(name, k, "${key}") for k in spec.writes if k != "metrics"]}
-    if "metrics" in spec.writes:
-        outs["metrics"] = [output_path(name, "metrics", "${key}")]
-    return outs
+def _outs(name: str, spec: StageSpec) -> dict[str, list]:
+    # A curve's CSV is a plain git-tracked output; the top-level `plots` (plot_entries) draw it.
+    curves = [{metrics_path(name, "${key}", plot.name): {"cache": False}} for plot in spec.plots]
+    return {"outs": [output_path(name, k, "${key}") for k in spec.writes] + curves,
+            "metrics": [{metrics_path(name, "${key}"): {"cache": False}}]}
+
+
+def plot_entries(models: Iterable[str]) -> list[dict]:
+    """Top-level `plots`: one per model and StageSpec.plots entry, `dvc plots show`'s input."""
+    return [{f"{model}/{name}_{plot.name}": {
+        "title": f"{model}: {plot.title}", "template": "linear", "x": plot.x,
+        "y": {metrics_path(name, model, plot.name): list(plot.y)}}}
+        for model in models for name, spec in stages().items() for plot in spec.plots]
 
 
 def stage_entry(name: str, spec: StageSpec) -> dict:
@@ -116,7 +124,8 @@ def paper_entry() -> dict:
 def render() -> str:
     entries = {name: stage_entry(name, spec) for name, spec in stages().items()}
     entries["paper"] = paper_entry()
-    body = yaml.safe_dump({"stages": entries}, sort_keys=False, width=120)
+    models = yaml.safe_load((REPO / "params.yaml").read_text())["models"]
+    body = yaml.safe_dump({"stages": entries, "plots": plot_entries(models)}, sort_keys=False, width=120)
     return HEADER + "\n" + body
 
 

@@ -3,12 +3,14 @@
     python -m analysis.pull                      # every model in params.yaml (make pull)
     python -m analysis.pull --model gpt2-small   # one model
 
-For each model this runs `dvc pull --with-deps paper@<model>`, after checking what plain
-`dvc pull` would only report as "Everything is up to date." or "Is your cache up to
-date?": that a default remote is configured, that a local remote exists on this
-machine, and that the model's results were ever recorded in dvc.lock. Exit status 0 if
-every requested model was pulled, 5 if the remote is unusable, 6 if some results are
-missing.
+Without --model, the models whose results dvc.lock records are pulled; a model never
+computed (gpt2-small, without the hub) is named and skipped. For each model this runs
+`dvc pull --with-deps paper@<model>`, after checking what plain `dvc pull` would only
+report as "Everything is up to date." or "Is your cache up to date?": that a default
+remote is configured, that a local remote exists on this machine, and that the model's
+results were ever recorded in dvc.lock. Exit status 0 if every requested model (without
+--model, every recorded one) was pulled, 5 if the remote is unusable, 6 if some results
+are missing.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def _dvc(*args: str) -> subprocess.CompletedProcess:
 
 def default_remote() -> tuple[str, str]:
     """(name, url) of the default remote, or PullError(5) saying how to set one."""
-    name = _dvc("remote", "default").stdout.strip()
-    if not name:
+    answer = _dvc("remote", "default")  # with none set, it prints "No default remote set" and fails
+    name = answer.stdout.strip()
+    if answer.returncode != 0 or not name:
         raise PullError(f"no default DVC remote is configured. {REMOTE_HELP}", 5)
     for line in _dvc("remote", "list").stdout.splitlines():
         parts = line.split()
@@ -112,6 +115,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.status) from None
     recorded, failures = recorded_models(), []
+    if not args.model:  # every model: pull what dvc.lock records, and say what it does not
+        for model in (m for m in models if m not in recorded):
+            print(f"{model}: not pulled, dvc.lock records no results for it (none were computed and committed)",
+                  file=sys.stderr)
+        models = [m for m in models if m in recorded]
+        if not models:
+            print("error: dvc.lock records no results for any model; run `make` (or `dvc repro`) first", file=sys.stderr)
+            raise SystemExit(6)
     for model in models:
         try:
             pull_model(model, remote, recorded)

@@ -1,9 +1,9 @@
 """SAE features (the study's Figures 3, 7 and 9, and the SAE half of Figure 5), measured.
 
 DVC stage `sae@<model>`. Reads params.yaml [seed, models.<model>, prompt, family, stats,
-sae] and the SAEs of `sae_train@<model>` (data/<model>/sae_train/, metrics/sae_train.json);
+sae] and the SAEs of `sae_train@<model>` (data/<model>/sae_train/, sae_train.json);
 writes data/<model>/sae.safetensors and
-data/<model>/metrics/sae.json. The paper draws its figures from them.
+data/<model>/sae.json. The paper draws its figures from them.
 
 For each SAE, at the final position of the canonical prompt:
 - the latents' activations, and their attribution: activation x the gradient of the
@@ -44,6 +44,9 @@ from analysis.stage import run_stage
 from analysis.stats import Estimate, estimate_mean
 
 STAGE = "sae"
+# What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
+HEADLINE = ("saes.*.quality.explained_variance", "saes.*.quality.ce_loss_recovered", "saes.*.metric",
+            "saes.*.n_active", "saes.*.spacing.*.p_correct")
 
 
 # --- compute ---------------------------------------------------------------------------
@@ -316,12 +319,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeMetrics:
         n_family_prompts=len(family), saes=results,
     )
     save_tensors(paths.tensors, tensors)
-    save_json(paths.metrics, metrics)
+    save_json(paths.results, metrics)
     return metrics
 
 
 def load_results(paths: StagePaths) -> SaeMetrics:
-    return load_json(paths.metrics, SaeMetrics)
+    return load_json(paths.results, SaeMetrics)
 
 
 # --- figures ---------------------------------------------------------------------------
@@ -450,7 +453,7 @@ def plot_spacing(metrics: SaeMetrics, head_attention: dict[str, list[float]], he
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, run, argv)
+    run_stage(STAGE, run, HEADLINE, argv)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ DVC stage `sae_train@<model>`. Reads params.yaml [seed, models.<model>, family,
 sae_train]; writes data/<model>/sae_train/<sae>/ (a trained SAE in sae_lens' format:
 cfg.json and sae_weights.safetensors; for a pretrained one, source.json naming what was
 loaded) with stats.safetensors (each latent's mean activation and firing rate on the
-held-out corpus), and data/<model>/metrics/sae_train.json.
+held-out corpus), and data/<model>/sae_train.json.
 
 - `source: trained`: a TopK SAE trained with sae_lens' own SAETrainer on activations of
   the model at the SAE's hook, over the corpus of analysis/corpus.py (prose shipped with
@@ -39,6 +39,11 @@ from analysis.prompts import PreparedPrompt, prepare_family, run_by_length
 from analysis.saes import STAGE, CorpusRecord, Quality, SaeRecord, SaeTrainMetrics, load_sae, splice
 from analysis.scoring import final_logits
 from analysis.stage import run_stage
+
+# What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
+HEADLINE = ("saes.*.quality.explained_variance", "saes.*.quality.l0", "saes.*.quality.dead_fraction",
+            "saes.*.quality.ce_loss_recovered", "saes.*.quality.answer_accuracy_*", "corpus.n_train_windows")
+
 
 @torch.no_grad()
 def collect_activations(model, windows: Int[Tensor, "window pos"], hook: str,
@@ -186,12 +191,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeTrainMetrics:
             )
         atomic_write_dir(paths.dir, lambda tmp: [shutil.copytree(Path(staging) / n, tmp / n) for n in records])
     metrics = SaeTrainMetrics(model=key, corpus=corpus_record(corpus, params), saes=records)
-    save_json(paths.metrics, metrics)
+    save_json(paths.results, metrics)
     return metrics
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_stage(STAGE, run, argv)
+    run_stage(STAGE, run, HEADLINE, argv)
 
 
 if __name__ == "__main__":

@@ -101,4 +101,4 @@ class SaeTrainMetrics(Schema):
 
 
 def load_results(paths: StagePaths) -> SaeTrainMetrics:
-    return load_json(paths.metrics, SaeTrainMetrics)
+    return load_json(paths.results, SaeTrainMetrics)

@@ -3,24 +3,39 @@ run, then check that the stage read exactly the other stages' outputs it declare
 
 Exit status: 2 for bad params or arguments (nothing written), 3 when the model cannot be
 had here (nothing written; the message says what to do instead), 5 when the stage read
-results that its StageSpec does not declare, or declares some it never read.
+results that its StageSpec does not declare, or declares some it never read, 7 when an
+output folder cannot be written (found before any compute; nothing written).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from analysis.artifacts import StagePaths, reads
+from analysis.artifacts import StagePaths, atomic_write_bytes, headline, reads, save_json, to_csv_bytes
 from analysis.models import ModelUnavailableError, load_model
 from analysis.params import OUTPUTS, output_path, parse_model_arg, stages
 from analysis.pipeline import declared_reads, undeclared_reads
 from analysis.timing import timed
+
+
+def check_numerics() -> None:
+    """Warn when the pinned code paths (analysis/__init__.py) are not in force: the results
+    are then right but their bits differ from other machines'."""
+    if os.environ.get("ARITH_NATIVE_NUMERICS") == "1":
+        print("warning: ARITH_NATIVE_NUMERICS=1: results' last bits depend on this processor", file=sys.stderr)
+    elif torch.backends.cpu.get_cpu_capability() != "AVX2":
+        print(f"warning: PyTorch runs its {torch.backends.cpu.get_cpu_capability()} kernels, not the pinned AVX2 "
+              "ones (no AVX2 here, or torch ran before `analysis` was imported): results' last bits may differ "
+              "from other machines'", file=sys.stderr)
 
 
 def seed_everything(seed: int) -> None:
@@ -42,9 +57,30 @@ def check_reads(stage: str, key: str, paths: StagePaths) -> None:
         raise SystemExit(5)
 
 
-def run_stage(stage: str, run: Callable[..., Any], argv: list[str] | None = None) -> None:
-    """main() of a stage whose run(model, params, key, paths) needs the model."""
+def check_writable(paths: StagePaths) -> None:
+    """Fail (exit 7) before any compute if an output's folder cannot be made or written;
+    creates nothing (a probe file in the nearest existing folder is removed at once)."""
+    for folder in {paths.results.parent, paths.metrics.parent}:
+        existing = next(p for p in [folder, *folder.parents] if p.exists() or p == Path("."))
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is not a folder")
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check.", suffix=".tmp"):
+                pass
+        except OSError as exc:
+            print(f"error: stage {paths.stage} cannot write its outputs in {folder} ({exc.strerror or exc}); "
+                  "nothing was computed or changed", file=sys.stderr)
+            raise SystemExit(7) from None
+
+
+def run_stage(stage: str, run: Callable[..., Any], headline_patterns: tuple[str, ...],
+              argv: list[str] | None = None, curves: Callable[[Any], dict[str, list[dict]]] | None = None) -> None:
+    """main() of a stage whose run(model, params, key, paths) needs the model and returns
+    its results; the results' numbers that match `headline_patterns` become its metrics,
+    and curves(results) the data of its StageSpec's plots."""
     key, params = parse_model_arg(stage, argv)
+    check_writable(StagePaths(key, stage))
+    check_numerics()
     seed_everything(params.seed)
     try:
         with timed(f"{stage}: model loaded"):
@@ -54,5 +90,8 @@ def run_stage(stage: str, run: Callable[..., Any], argv: list[str] | None = None
         raise SystemExit(3) from None
     paths = StagePaths(key, stage)
     with timed(f"{stage}: done"):
-        run(model, params, key, paths)
+        results = run(model, params, key, paths)
+    save_json(paths.metrics, headline(results, headline_patterns))
+    for name, rows in (curves(results) if curves else {}).items():
+        atomic_write_bytes(paths.plot(name), to_csv_bytes(rows))
     check_reads(stage, key, paths)

@@ -138,12 +138,12 @@ def test_results_strings_cannot_inject_markup_or_embed_files_into_the_paper(gpt2
     payloads = [f'x <img src="{secret}">', f"![x]({secret})", '<img src=x onerror="alert(1)">']
     data = tmp_path / "data"
     shutil.copytree(gpt2_results[0], data)
-    lens_file = data / "gpt2-small" / "metrics" / "logit_lens.json"
+    lens_file = data / "gpt2-small" / "logit_lens.json"
     lens = json.loads(lens_file.read_text())
     lens["model_label"] = payloads[0]
     lens["top_final"][0]["token"] = payloads[1]
     lens_file.write_text(json.dumps(lens))
-    patching_file = data / "gpt2-small" / "metrics" / "patching.json"
+    patching_file = data / "gpt2-small" / "patching.json"
     results = json.loads(patching_file.read_text())
     results["sets"]["copy"]["description"] = payloads[2]
     patching_file.write_text(json.dumps(results))

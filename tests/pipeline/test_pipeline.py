@@ -8,10 +8,15 @@ repro does nothing; forced re-runs give byte-identical outputs; `dvc push`, a fr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,7 +57,8 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bo
 
 def base_env(cwd: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
+    environ = {k: v for k, v in os.environ.items() if k != "ARITH_NATIVE_NUMERICS"}  # pinned, as under `make`
+    return {**environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
             "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
 
 
@@ -144,13 +150,37 @@ def test_forced_reruns_of_every_stage_are_byte_identical(workspace):
     assert outputs(repo) == before
 
 
-def test_push_clone_pull_restores_everything_and_the_paper_builds_without_a_model(workspace):
+@contextmanager
+def http_server(folder: Path) -> Iterator[str]:
+    """Serve `folder` read-only over HTTP on a free local port, as a web host serves a remote."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as client:
+                if client.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_push_clone_pull_over_http_restores_everything_and_the_paper_builds_without_a_model(workspace):
+    """A reviewer's flow: the author's pushed remote, served over HTTP (DVC's http remote),
+    pulled into a fresh clone, and the paper built there with no model."""
     repo, root, remote = workspace["repo"], workspace["root"], workspace["remote"]
     publish(repo)
     clone = root / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], root)
-    run(["dvc", "remote", "modify", "--local", "local", "url", str(remote)], clone)
-    run(["dvc", "pull", "--with-deps", f"paper@{MODEL}"], clone)
+    with http_server(remote) as url:
+        run(["dvc", "remote", "add", "--local", "-d", "web", url], clone)
+        pulled = run(["dvc", "pull", "--with-deps", f"paper@{MODEL}"], clone)
+    assert "fetched" in pulled.stdout or "added" in pulled.stdout
     expected = outputs(repo)
     assert outputs(clone) == expected
     for path in expected:
@@ -197,11 +227,11 @@ def test_a_stage_killed_mid_write_leaves_no_partial_output_and_repro_recovers(wo
         "os.replace = replace\n"
     )
     env = base_env(repo)
-    env.update(PYTHONPATH=f"{killer}{os.pathsep}{repo}", KILL_ON_RENAME_TO="metrics/heads.json")
+    env.update(PYTHONPATH=f"{killer}{os.pathsep}{repo}", KILL_ON_RENAME_TO=f"data/{MODEL}/heads.json")
     killed = run(["dvc", "repro", "--force", "--single-item", f"heads@{MODEL}"], repo, env, check=False)
     assert killed.returncode != 0
-    metrics = repo / f"data/{MODEL}/metrics/heads.json"
-    old = before[f"data/{MODEL}/metrics/heads.json"]
+    metrics = repo / f"data/{MODEL}/heads.json"
+    old = before[f"data/{MODEL}/heads.json"]
     # the output is the old file or absent, never a partial one
     if metrics.exists():
         import hashlib
@@ -216,7 +246,7 @@ def test_a_stage_killed_mid_write_leaves_no_partial_output_and_repro_recovers(wo
 
 def test_a_damaged_result_is_detected_refused_and_restored(workspace):
     repo = workspace["repo"]
-    relative = f"data/{MODEL}/metrics/logit_lens.json"
+    relative = f"data/{MODEL}/logit_lens.json"
     path = repo / relative
     good = path.read_bytes()
     for damaged, expected in ((good[: len(good) // 2], "not valid JSON"),
@@ -250,7 +280,7 @@ def test_pull_says_which_remote_or_which_results_are_missing(workspace):
     run(["dvc", "remote", "modify", "--local", "local", "url", str(empty)], fresh)
     missing = run(pull, fresh, check=False)
     assert missing.returncode == 6
-    assert "not in the remote" in missing.stderr and f"data/{MODEL}/metrics/logit_lens.json" in missing.stderr
+    assert "not in the remote" in missing.stderr and f"data/{MODEL}/logit_lens.json" in missing.stderr
     assert "`dvc push`" in missing.stderr
 
     never = run([sys.executable, "-m", "analysis.pull", "--model", "gpt2-small"], fresh, check=False)
@@ -258,3 +288,73 @@ def test_pull_says_which_remote_or_which_results_are_missing(workspace):
 
     run(["dvc", "remote", "modify", "--local", "local", "url", str(workspace["remote"])], fresh)
     assert run(pull, fresh).stdout.strip() == f"{MODEL}: pulled"
+
+
+def test_headline_metrics_are_in_git_and_dvc_metrics_show_reads_them(workspace):
+    repo = workspace["repo"]
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = next(iter(shown.values()))["data"]
+    metrics = {path: m for path, m in files.items() if "data" in m}
+    assert all(path.startswith("metrics/gpt2-small/") for path in set(files) - set(metrics))  # never computed
+    behaviour = metrics[f"metrics/{MODEL}/behaviour.json"]["data"]
+    results = json.loads((repo / f"data/{MODEL}/behaviour.json").read_text())
+    accuracy = results["conditions"]["few_shot"]["accuracy"]["all"]["mean"]
+    assert behaviour["conditions.few_shot.accuracy.all.mean"] == float(f"{accuracy:.4g}")
+    assert set(metrics) == {f"metrics/{MODEL}/{stage}.json" for stage in stages()}
+    assert all(0 < len(m["data"]) <= 40 for m in metrics.values())  # headlines, not result dumps
+    ignored = run(["git", "check-ignore", *metrics], repo, check=False)
+    assert ignored.returncode == 1 and ignored.stdout == ""  # none is git-ignored: git tracks them
+
+
+def test_dvc_plots_draw_offline_from_the_curves(workspace, tmp_path):
+    repo = workspace["repo"]
+    out = tmp_path / "plots"
+    run(["dvc", "plots", "diff", "-o", str(out)], repo)  # the workspace against HEAD
+    page = (out / "index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "<script src=" not in page  # vega is inlined: no network
+    declared = [f'<div id = "{MODEL}_{name}_{p.name}">' for name, spec in stages().items() for p in spec.plots]
+    assert "vegaEmbed(" in page and all(div in page for div in declared)
+    assert page.count(f'<div id = "{MODEL}_') == len(declared) and f'<div id = "metrics_{MODEL}' not in page
+    lens = (repo / f"metrics/{MODEL}/logit_lens_layers.csv").read_text().splitlines()
+    assert lens[0] == "layer,correct,copy" and len(lens) == 1 + 30  # one row per layer of SmolLM2
+    assert lens[1].split(",")[1] in page  # the curve's data is in the page
+
+
+def test_an_experiment_with_other_params_runs_and_shows(workspace):
+    repo = workspace["repo"]
+    params, lock = (repo / "params.yaml").read_bytes(), (repo / "dvc.lock").read_bytes()
+    run(["dvc", "exp", "run", "--temp", "-n", "fewer-prompts", "-S", "family.n_prompts=8", f"logit_lens@{MODEL}"], repo)
+    try:
+        shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+        experiments = [e for row in shown for e in (row.get("experiments") or [])]
+        [exp] = [e for e in experiments if e.get("name") == "fewer-prompts"]
+        [rev] = exp["revs"]
+        assert rev["data"]["params"]["params.yaml"]["data"]["family"]["n_prompts"] == 8
+        lens = rev["data"]["metrics"][f"metrics/{MODEL}/logit_lens.json"]["data"]
+        assert lens["family.n_prompts"] == 8
+    finally:
+        run(["dvc", "exp", "remove", "fewer-prompts"], repo, check=False)
+    assert (repo / "params.yaml").read_bytes() == params and (repo / "dvc.lock").read_bytes() == lock
+
+
+def test_verify_agrees_with_the_results_and_names_a_number_changed_beyond_tolerance(workspace):
+    repo, root = workspace["repo"], workspace["root"]
+    scratch = root / "verify-scratch"
+    scratch.mkdir()
+    verify = [sys.executable, "-m", "analysis.verify", "--model", MODEL]
+    agreed = run([*verify, "--keep"], repo, env={**base_env(repo), "TMPDIR": str(scratch)})
+    assert "all within tolerance" in agreed.stdout
+    for stage in stages():  # pinned numerics: the same machine recomputes the same bits
+        assert f"{stage}: " in agreed.stdout and "largest deviation 0:" in agreed.stdout.split(f"{stage}: ")[1].split("\n")[0]
+    [recomputed] = scratch.iterdir()
+    path = repo / f"data/{MODEL}/heads.json"
+    good = path.read_text()
+    results = json.loads(good)
+    results["dla_total"] += 0.01
+    path.write_text(json.dumps(results))
+    try:
+        changed = run([*verify, "--recomputed", str(recomputed)], repo, check=False)
+    finally:
+        path.write_text(good)
+    assert changed.returncode == 1
+    assert f"data/{MODEL}/heads.json.dla_total: " in changed.stdout and "1 out of tolerance" in changed.stdout

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,44 @@ def test_a_results_file_with_nan_or_infinity_is_refused_naming_the_field(tmp_pat
     path.write_text('{"name": "x", "values": [Infinity]}')
     with pytest.raises(ArtifactError, match=r"values\.0 is not a finite number"):
         load_json(path, Result)
+
+
+@pytest.mark.parametrize("kill_at", ["first rename", "second rename", "removing the old folder"])
+def test_a_folder_write_killed_at_any_step_leaves_the_old_folder_whole_or_none(tmp_path, monkeypatch, kill_at):
+    """Replacing a folder: the old one is renamed aside, the new one renamed in, then the
+    old one deleted. A kill at any of those steps never leaves a mix of the two."""
+    from analysis.artifacts import atomic_write_dir
+
+    target = tmp_path / "out"
+
+    def write(text):
+        return lambda folder: [(folder / name).write_text(text) for name in ("a", "b")]
+
+    atomic_write_dir(target, write("old"))
+    real_replace, real_rmtree, calls = os.replace, artifacts.shutil.rmtree, []
+
+    def replace(src, dst, *args, **kwargs):
+        calls.append("rename")
+        if (kill_at, calls.count("rename")) in (("first rename", 1), ("second rename", 2)):
+            raise KeyboardInterrupt  # what a kill looks like to the code that follows: nothing more runs
+        return real_replace(src, dst, *args, **kwargs)
+
+    def rmtree(path, *args, **kwargs):
+        if kill_at == "removing the old folder" and calls.count("rename") == 2 and "killed" not in calls:
+            calls.append("killed")
+            next(Path(path).iterdir()).unlink()  # half deleted, then killed
+            raise KeyboardInterrupt
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(artifacts.os, "replace", replace)
+    monkeypatch.setattr(artifacts.shutil, "rmtree", rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_dir(target, write("new"))
+    monkeypatch.undo()
+    if target.exists():
+        contents = {p.name: p.read_text() for p in target.iterdir()}
+        assert contents in ({"a": "old", "b": "old"}, {"a": "new", "b": "new"})
+    else:
+        assert kill_at == "second rename"  # between the two renames: none, and the old one aside in a .tmp
+    atomic_write_dir(target, write("new"))  # the next write cleans up what the killed one left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

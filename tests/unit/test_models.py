@@ -85,3 +85,46 @@ def test_weights_stored_transposed_give_the_same_bits_without_a_copy_per_forward
     weights = [model.unembed.W_U, *(w for b in model.blocks for w in (b.mlp.W_gate, b.mlp.W_in, b.mlp.W_out))]
     assert all(w.T.is_contiguous() and w.T.contiguous().data_ptr() == w.data_ptr() for w in weights)
     assert torch.equal(before, after)
+
+
+def test_a_damaged_converted_model_cache_is_detected_deleted_and_rebuilt(tmp_path, monkeypatch, params, capsys):
+    """A truncated or altered weights file in the cache is found by its SHA-256 before use;
+    the loader says so, deletes the cache and converts again (stopped here at that point)."""
+    from analysis import models
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    spec = params.model("smollm2-135m")
+    cached = tmp_path / "arith-mismatch" / "models" / f"smollm2-135m-{models._cache_key(models.gguf_path(spec))}"
+    cached.mkdir(parents=True)
+    (cached / "weights.safetensors").write_bytes(b"\x00" * 100)  # what a full disk or a killed copy leaves
+    (cached / "weights.sha256").write_text("0" * 64)
+
+    class Converting(Exception):
+        pass
+
+    def convert(spec):
+        raise Converting
+
+    monkeypatch.setattr(models, "load_gguf_hf", convert)
+    with pytest.raises(Converting):
+        models.load_gguf_wheel_model("smollm2-135m", spec, "cpu")
+    err = capsys.readouterr().err
+    assert "converted-model cache" in err and "is damaged" in err and "converting the GGUF file again" in err
+    assert not cached.exists()
+
+
+def test_a_stage_that_cannot_write_its_outputs_stops_before_loading_the_model(tmp_path):
+    import os
+    import shutil
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "smollm2-135m").write_text("a file where the output folder should be")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "analysis.logit_lens", "--model", "smollm2-135m"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 7, result.stderr
+    assert "cannot write its outputs in data/smollm2-135m" in result.stderr and "model loaded" not in result.stderr
+    assert time.monotonic() - start < 15
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "params.yaml", "smollm2-135m"]

@@ -57,6 +57,26 @@ CASES = [
     ("neutral context asking for a sum", {"behaviour.neutral_contexts": ["2 + 2 ="]},
      "behaviour.neutral_contexts[0]", "asks for no sum"),
     ("a date that is not one", {"paper.date": "yesterday"}, "paper.date", "ISO 8601"),
+    # schema-valid values the pipeline cannot do: each hung or crashed before these checks
+    ("fewer distinct prompts than asked (operands 0..1)", {"family.max_operand": 1}, "family.n_prompts",
+     "distinct prompts"),
+    ("fewer distinct prompts than asked (one shot)", {"family.max_operand": 2, "family.n_shots": 1},
+     "family.n_prompts", "distinct prompts"),
+    ("ten million prompts", {"family.n_prompts": 10_000_000}, "family.n_prompts", "less than or equal to 100000"),
+    ("a billion resamples", {"stats.bootstrap_resamples": 10**9}, "stats.bootstrap_resamples",
+     "less than or equal to 100000"),
+    ("a seed beyond 32 bits", {"seed": 10**30}, "seed", "less than or equal to 4294967295"),
+    ("a family seed beyond 32 bits", {"family.seed": 2**32}, "family.seed", "less than or equal to 4294967295"),
+    ("more top tokens than any vocabulary", {"logit_lens.top_k": 1_000_000}, "logit_lens.top_k",
+     "less than or equal to 1000"),
+    ("one answer a prefix of the other", {"prompt.answers.misconception": " 1"}, "prompt.answers.misconception",
+     "not a prefix"),
+    ("a superscript digit", {"prompt.answers.misconception": " ²"}, "prompt.answers.misconception", "ASCII digits"),
+    ("an Arabic-Indic digit", {"prompt.answers.misconception": " ٦"}, "prompt.answers.misconception",
+     "ASCII digits"),
+    ("a date without a time zone", {"paper.date": "2026-11-24T00:00:00"}, "paper.date", "time zone"),
+    ("a misspelt key", {"family.n_prompts": DELETE, "family.n_promts": 64}, "family.n_promts",
+     "unknown field in family; did you mean 'n_prompts'?"),
 ]
 
 
@@ -104,3 +124,62 @@ def test_an_unknown_model_on_the_command_line_exits_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "analysis.heads", "--model", "gpt5"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "unknown model" in result.stderr
+
+
+def test_a_file_that_is_not_utf8_gets_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_bytes(yaml.safe_dump(base_params_dict()).encode().replace(b"seed: 0", b"seed: 0 # caf\xe9", 1))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert "not UTF-8" in str(error.value) and "byte 0xe9" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = yaml.safe_dump(base_params_dict(), sort_keys=False)
+    path.write_text(text.replace("  n_prompts: ", "  n_prompts: 8\n  n_prompts: ", 1))
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    message = str(error.value)
+    assert "family.n_prompts" in message and "given twice" in message and "line" in message
+    assert "\n" not in message
+
+
+def test_the_params_check_imports_no_torch_and_exits_2_with_one_line_on_bad_params(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(mutated({"family.max_operand": 1})))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "analysis.params"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    assert "pydantic" in imported and not [m for m in imported if m.split(".")[0] == "torch"]
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error: params.yaml: family.n_prompts = ")
+
+
+def test_params_drawn_within_the_schema_are_refused_or_their_prompts_are_generated_quickly():
+    """A property test, seeded: every draw is either refused (ParamsError) or its prompt
+    family is generated within a time bound, never a hang."""
+    import random
+    import time
+
+    from analysis.arithmetic import few_shot_family
+
+    rng = random.Random(0)
+    refused = generated = 0
+    for _ in range(150):
+        family = {"n_prompts": rng.choice([2, 8, 64, 500, 3000, 10**6, 10**7]), "n_shots": rng.randint(1, 6),
+                  "max_operand": rng.choice([1, 2, 3, 5, 9, 20, 99]), "seed": rng.randint(0, 2**32 - 1)}
+        answer = rng.choice([" 6", " 1", " 100", " ²", " ٦", "6", " 10"])
+        try:
+            params = validate_params(mutated({"family": family, "prompt.answers.misconception": answer}))
+        except ParamsError:
+            refused += 1
+            continue
+        start = time.perf_counter()
+        prompts = few_shot_family(params.family.n_prompts, params.family.n_shots, params.family.max_operand,
+                                  params.family.seed)
+        assert len({p.text for p in prompts}) == params.family.n_prompts
+        assert time.perf_counter() - start < 2 + 1e-3 * params.family.n_prompts, family  # linear, never a hang
+        generated += 1
+    assert refused > 10 and generated > 10  # both branches were exercised

@@ -95,11 +95,21 @@ def test_the_lock_pins_every_package_exactly_and_agrees_with_pyproject():
         assert pins[key] == version, f"{name}: pyproject {version}, lock {pins[key]}"
 
 
-def test_the_environment_is_the_pinned_cpu_one():
+def test_torch_is_the_pinned_version_with_its_own_dependencies_installed():
+    """A CPU build needs nothing beyond the lock; a CUDA build (a stock index's default)
+    needs its nvidia-* libraries, which `make setup` installs with it."""
+    import torch
+    from packaging.requirements import Requirement
+
     assert importlib.metadata.version("torch").split("+")[0] == "2.13.0"
-    cuda = [d.metadata["Name"] for d in importlib.metadata.distributions()
-            if d.metadata["Name"].lower().startswith(("nvidia-", "triton"))]
-    assert cuda == [], f"CUDA packages installed on a CPU machine: {cuda}"
+    needed = [Requirement(r) for r in importlib.metadata.requires("torch") or []]
+    needed = [r for r in needed if r.marker is None or r.marker.evaluate({"extra": ""})]
+    installed = {d.metadata["Name"].lower().replace("_", "-") for d in importlib.metadata.distributions()}
+    missing = [str(r) for r in needed if r.name.lower().replace("_", "-") not in installed]
+    assert missing == [], f"torch's dependencies missing (installed with --no-deps?): {missing}"
+    if torch.version.cuda is None:  # a CPU build: CUDA libraries would be gigabytes for nothing
+        cuda = sorted(name for name in installed if name.startswith(("nvidia-", "triton")))
+        assert cuda == [], f"CUDA packages installed beside a CPU torch: {cuda}"
 
 
 @pytest.mark.parametrize("version", ["3.12", "3.13"])
@@ -122,5 +132,25 @@ def test_setup_on_another_python_stops_at_once_naming_the_supported_versions(tmp
 
 
 def test_a_killed_writers_temporary_file_does_not_show_in_git_status():
-    leftover = "data/smollm2-135m/metrics/.heads.json.k2x9a_1.tmp"  # the name atomic_write_bytes gives it
+    leftover = "data/smollm2-135m/.heads.json.k2x9a_1.tmp"  # the name atomic_write_bytes gives it
     assert subprocess.run(["git", "check-ignore", "-q", leftover], cwd=REPO).returncode == 0
+
+
+def test_importing_analysis_pins_the_numeric_code_paths_unless_opted_out():
+    """The same bits on any AVX2 processor need torch's kernels and MKL held to AVX2 before
+    torch runs: `import analysis` does it (README.md, "Same bits on another machine")."""
+    import os
+    import subprocess
+    import sys
+
+    from analysis import PINNED_NUMERICS
+
+    code = ("import analysis, os, torch; torch.ones(2) @ torch.ones(2); "
+            "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'))")
+    clean = {k: v for k, v in os.environ.items() if k not in ("ARITH_NATIVE_NUMERICS", *PINNED_NUMERICS)}
+    pinned = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert pinned == ["AVX2", "AVX2,STRICT"]
+    native = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO),
+                            "ARITH_NATIVE_NUMERICS": "1"}, capture_output=True, text=True, check=True).stdout.split()
+    assert native[1] == "None"

@@ -42,3 +42,31 @@ def test_a_model_never_computed_is_named_with_how_to_compute_it():
     with pytest.raises(pull.PullError) as error:
         pull.pull_model("gpt2-small", ("local", "/srv/remote"), {"smollm2-135m"})
     assert error.value.status == 6 and "`make gpt2`" in str(error.value)
+
+
+def test_no_default_remote_is_said_plainly(monkeypatch):
+    answer = subprocess.CompletedProcess([], 251, stdout="No default remote set\n", stderr="")
+    monkeypatch.setattr(pull, "_dvc", lambda *args: answer)
+    with pytest.raises(pull.PullError) as error:
+        pull.default_remote()
+    assert error.value.status == 5 and str(error.value).startswith("no default DVC remote is configured")
+    assert "No default remote set" not in str(error.value)
+
+
+def test_pulling_every_model_skips_one_never_computed_and_succeeds(monkeypatch, capsys):
+    pulled = []
+    monkeypatch.setattr(pull, "default_remote", lambda: ("local", "/srv/remote"))
+    monkeypatch.setattr(pull, "check_local_remote", lambda *remote: None)
+    monkeypatch.setattr(pull, "recorded_models", lambda: {"smollm2-135m"})
+    monkeypatch.setattr(pull, "pull_model", lambda model, remote, recorded: pulled.append(model))
+    with pytest.raises(SystemExit) as done:
+        pull.main([])
+        raise SystemExit(0)
+    assert done.value.code == 0 and pulled == ["smollm2-135m"]
+    captured = capsys.readouterr()
+    assert captured.out == "smollm2-135m: pulled\n"
+    assert "gpt2-small: not pulled, dvc.lock records no results for it" in captured.err
+    monkeypatch.setattr(pull, "recorded_models", lambda: set())
+    with pytest.raises(SystemExit) as nothing:
+        pull.main([])
+    assert nothing.value.code == 6
