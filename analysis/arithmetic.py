@@ -7,8 +7,8 @@ imports nothing heavy.
 from __future__ import annotations
 
 import random
-from collections import Counter
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 STYLES = ((" + ", " = "), ("+", "="))  # spaced (the study's) and unspaced

@@ -352,8 +352,6 @@ def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
         return ".".join(loc), error["input"], f"unknown field{' in ' + parent if parent else ''}; remove it or fix its name"
     if kind == "missing":
         return ".".join(loc), None, "missing; this field is required"
-    if kind == "missing":
-        return ".".join(loc), None, "missing; this field is required"
     message = error["msg"].removeprefix("Value error, ")
     return ".".join(loc), error.get("input"), message
 
