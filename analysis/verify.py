@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.params import OUTPUTS, Params, Tolerance, exit_on_params_error, load_params, metrics_path, stages
+from analysis.params import Params, Tolerance, exit_on_params_error, load_params, metrics_path, output_path, stages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,8 +148,7 @@ def compare_file(committed: Path, recomputed: Path, label: str, params: Params, 
 
 def stage_outputs(stage: str, model: str) -> list[str]:
     """A stage's outputs, relative to the repository root: what `verify` compares."""
-    spec = stages()[stage]
-    return [f"data/{model}/" + OUTPUTS[kind].format(stage=stage) for kind in spec.writes] + [metrics_path(stage, model)]
+    return [output_path(stage, kind, model) for kind in stages()[stage].writes] + [metrics_path(stage, model)]
 
 
 def compare_stage(stage: str, model: str, here: Path, scratch: Path, params: Params) -> Comparison:
