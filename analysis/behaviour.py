@@ -40,12 +40,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.arithmetic import ArithmeticPrompt, parse_arithmetic
 from analysis.prompts import PreparedPrompt, prepare_prompt
-from analysis.scoring import continues_number, score_and_read, score_answers
+from analysis.scoring import continues_number, score_and_read, score_answers, shared_lengths
 from analysis.stage import run_stage
 from analysis.stats import Estimate, context_bootstrap
 
@@ -139,9 +139,10 @@ def compute_condition(model, prompts: list[list[ArithmeticPrompt]], max_answer_t
     flat = [p for row in prompts for p in row]
     prepared = [prepare_query(model, p) for p in flat]
     contexts = [p.tokens for p in prepared]
-    scores, numbers, texts = score_and_read(model, contexts, [p.answers["correct"].token_ids for p in prepared],
-                                            max_answer_tokens, continuing=continuing)
     shape = (len(prompts), len(prompts[0]))
+    shared = shared_lengths(contexts, [i // shape[1] for i in range(len(flat))])  # a context's examples
+    scores, numbers, texts = score_and_read(model, contexts, [p.answers["correct"].token_ids for p in prepared],
+                                            max_answer_tokens, continuing=continuing, shared=shared)
     answers = torch.tensor([-1 if n is None else n for n in numbers]).reshape(shape)
     grid_texts = [texts[i * shape[1] : (i + 1) * shape[1]] for i in range(shape[0])]
     return ConditionData(prompts, answers, grid_texts, scores.logprob.exp().reshape(shape))
@@ -153,7 +154,8 @@ def compute_number_probs(model, contexts: list[str], numbers: list[int], continu
     prepared = [prepare_prompt(model, text, {**DIGITS, **{f"n{n}": f" {n}" for n in numbers}}) for text in contexts]
     flat_contexts = [p.tokens for p in prepared for _ in numbers]
     flat_answers = [p.answers[f"n{n}"].token_ids for p in prepared for n in numbers]
-    scores = score_answers(model, flat_contexts, flat_answers, continuing=continuing)
+    shared = shared_lengths(flat_contexts, [i // len(numbers) for i in range(len(flat_contexts))])
+    scores = score_answers(model, flat_contexts, flat_answers, continuing=continuing, shared=shared)
     return scores.logprob.exp().reshape(len(contexts), len(numbers))
 
 
@@ -197,7 +199,7 @@ class FrequencyResult(Schema):
     correct: int
 
 
-class BehaviourMetrics(Schema):
+class BehaviourMetrics(StageResults):
     model: str
     ci_level: float
     max_operand: int

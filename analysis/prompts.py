@@ -66,7 +66,7 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _common_prefix(sequences: list[list[int]]) -> list[int]:
+def common_prefix(sequences: list[list[int]]) -> list[int]:
     prefix = []
     for column in zip(*sequences, strict=False):
         if any(token != column[0] for token in column):
@@ -79,7 +79,7 @@ def prepare_prompt(model, prompt: str, answers: Mapping[str, str]) -> PreparedPr
     """Split prompt + answers into a shared context and each answer's own tokens."""
     tokenizer = model.tokenizer
     full = {name: _encode(tokenizer, prompt + text) for name, text in answers.items()}
-    shared = _common_prefix(list(full.values()))
+    shared = common_prefix(list(full.values()))
     prompt_ids = _encode(tokenizer, prompt)
     if shared[: len(prompt_ids)] != prompt_ids:
         raise ValueError(

@@ -8,7 +8,8 @@
   leading run of digits.
 
 Prompts of equal length run together (no padding), in chunks of `batch_size`; each
-context is run once, and answers and greedy tokens extend its key-value cache.
+context is run once, and answers and greedy tokens extend its key-value cache. Contexts
+that share leading tokens (a few-shot context's examples) can run those once per batch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analysis.prompts import equal_length_batches, run_by_length
+from analysis.prompts import common_prefix, equal_length_batches, run_by_length
+from analysis.timing import progress
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,33 @@ def first_token_probs(model, prepared: list, names: tuple[str, ...], hooks: list
     return run_by_length(prepared, probs, batch_size=64)
 
 
+@torch.no_grad()
+def prefix_kv(model, tokens: Int[Tensor, "batch pos"], keep: int):
+    """Every layer's keys and values for all but the last `keep` positions of `tokens`,
+    frozen. Attention is causal, so a change made only at the last positions never reaches
+    the earlier ones: running just those positions on top of this cache gives what the
+    whole run gives there, at a fraction of the cost."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
+    prefix = tokens[:, :-keep].to(model.cfg.device)
+    # no padding anywhere: say so, or pad ids (often BOS) would be guessed and masked
+    model(prefix, past_kv_cache=cache, attention_mask=torch.ones_like(prefix), return_type=None)
+    cache.freeze()
+    return cache
+
+
+def stack_kv(caches: list, frozen: bool = True):
+    """prefix_kv caches of equal length, one after another along the batch; frozen, or
+    ready to take more positions."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
+
+    entries = [TransformerLensKeyValueCacheEntry(torch.cat([c.entries[l].past_keys for c in caches]),
+                                                 torch.cat([c.entries[l].past_values for c in caches]), frozen=frozen)
+               for l in range(len(caches[0].entries))]
+    return TransformerLensKeyValueCache(entries, torch.cat([c.previous_attention_mask for c in caches]), frozen=frozen)
+
+
 def _forward(model, tokens: Tensor, cache) -> Float[Tensor, "batch pos vocab"]:
     """Log-probabilities for `tokens`, continuing the sequences held in the KV cache."""
     ones = torch.ones_like(tokens)  # no padding anywhere; say so rather than let pad ids be guessed
@@ -67,27 +96,59 @@ def _forward(model, tokens: Tensor, cache) -> Float[Tensor, "batch pos vocab"]:
     return model.unembed(model.ln_final(resid)).log_softmax(-1)
 
 
-@torch.no_grad()
-def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, max_tokens: int,
-         batch_size: int, continuing: Tensor) -> tuple[AnswerScores | None, list[str]]:
-    """One pass over each context (KV-cached), then the answers and greedy tokens on top of it.
+def shared_lengths(contexts: list[Int[Tensor, "_pos"]], groups: list[int]) -> list[int]:
+    """For each context, how many leading tokens it shares with every context of its group
+    (at most all but its last): few-shot queries share their examples, and those positions
+    need running once per group, not once per query."""
+    members: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    shared = [0] * len(contexts)
+    for indices in members.values():
+        rows = [contexts[i].tolist() for i in indices]
+        common = len(common_prefix(rows))
+        for i in indices:
+            shared[i] = min(common, len(contexts[i]) - 1)
+    return shared
 
-    Only the final position of the context is unembedded; the cache is frozen after the
-    context, so the teacher-forced answer and the greedy continuation both extend it.
-    """
+
+def _context_pass(model, batch: Int[Tensor, "batch pos"], shared: int):
+    """The final residual stream of each context, and the KV cache of all its positions
+    (frozen). The first `shared` positions, the same in every row, run once (batch 1)."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+    if shared >= 2 and len(batch) > 1:
+        cache = stack_kv([prefix_kv(model, batch[:1], batch.shape[1] - shared)] * len(batch), frozen=False)
+        batch = batch[:, shared:]
+    else:
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(batch))
+    ones = torch.ones_like(batch)  # no padding anywhere; say so rather than let pad ids be guessed
+    resid = model(batch, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache, attention_mask=ones)
+    cache.freeze()
+    return resid[:, -1:], cache
+
+
+@torch.no_grad()
+def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, max_tokens: int,
+         batch_size: int, continuing: Tensor, shared: list[int] | None = None
+         ) -> tuple[AnswerScores | None, list[str]]:
+    """One pass over each context (KV-cached), then the answers and greedy tokens on top of it.
+
+    Contexts run together when they have the same length, answer length and shared prefix
+    (`shared[i]` leading tokens, see shared_lengths), the prefix once per batch. Only the
+    final position of the context is unembedded; the cache is frozen after the context, so
+    the teacher-forced answer and the greedy continuation both extend it.
+    """
     n = len(contexts)
+    shared = shared or [0] * n
     token_lp, boundary_lp, first_lp, texts = torch.zeros(n), torch.zeros(n), torch.zeros(n), [""] * n
-    keys = [(len(c), len(answers[i]) if answers else 0) for i, c in enumerate(contexts)]
+    keys = [(len(c), len(answers[i]) if answers else 0, tuple(c[: shared[i]].tolist())) for i, c in enumerate(contexts)]
     device = model.cfg.device
-    for chunk in equal_length_batches(keys, batch_size):
+    chunks = list(equal_length_batches(keys, batch_size))
+    for chunk in progress(chunks, "scoring prompts"):
         batch = torch.stack([contexts[i] for i in chunk]).to(device)
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, len(chunk))
-        ones = torch.ones_like(batch)
-        resid = model(batch, stop_at_layer=model.cfg.n_layers, past_kv_cache=cache, attention_mask=ones)
-        first = model.unembed(model.ln_final(resid[:, -1:])).log_softmax(-1)[:, 0]  # (batch, vocab)
-        cache.freeze()
+        last, cache = _context_pass(model, batch, shared[chunk[0]])
+        first = model.unembed(model.ln_final(last)).log_softmax(-1)[:, 0]  # (batch, vocab)
         if answers:
             answer = torch.tensor([answers[i] for i in chunk], device=device)  # (batch, n_answer)
             later = _forward(model, answer, cache)  # position j predicts answer token j + 1
@@ -108,10 +169,11 @@ def _run(model, contexts: list[Tensor], answers: list[tuple[int, ...]] | None, m
 
 
 def score_answers(model, contexts: list[Int[Tensor, "_pos"]], answers: list[tuple[int, ...]],
-                  batch_size: int = 64, continuing: Tensor | None = None) -> AnswerScores:
+                  batch_size: int = 64, continuing: Tensor | None = None, shared: list[int] | None = None
+                  ) -> AnswerScores:
     """Teacher-forced log-probability of each answer after its context (see module doc)."""
     continuing = continues_number(model) if continuing is None else continuing
-    scores, _ = _run(model, contexts, answers, 0, batch_size, continuing)
+    scores, _ = _run(model, contexts, answers, 0, batch_size, continuing, shared)
     return scores
 
 
@@ -123,11 +185,11 @@ def greedy_answers(model, contexts: list[Int[Tensor, "_pos"]], max_tokens: int =
 
 
 def score_and_read(model, contexts: list[Int[Tensor, "_pos"]], answers: list[tuple[int, ...]], max_tokens: int,
-                   batch_size: int = 64, continuing: Tensor | None = None
+                   batch_size: int = 64, continuing: Tensor | None = None, shared: list[int] | None = None
                    ) -> tuple[AnswerScores, list[int | None], list[str]]:
     """Both of the above from one pass over each context."""
     continuing = continues_number(model) if continuing is None else continuing
-    scores, texts = _run(model, contexts, answers, max_tokens, batch_size, continuing)
+    scores, texts = _run(model, contexts, answers, max_tokens, batch_size, continuing, shared)
     return scores, [read_number(t) for t in texts], texts
 
 

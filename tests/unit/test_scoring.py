@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from helpers import char_tokenizer, gpt2_tokenizer, tiny_model
+from helpers import char_tokenizer, gpt2_tokenizer, rotary_model, tiny_model
 
 from analysis.prompts import prepare_prompt
-from analysis.scoring import continues_number, greedy_answers, read_number, score_answers
+from analysis.scoring import continues_number, greedy_answers, read_number, score_and_read, score_answers, shared_lengths
 
 PROMPT = "1 + 1 = 2. 2 + 2 = 4. 5 + 5 ="
 
@@ -61,3 +61,23 @@ def test_greedy_answer_is_the_argmax_path():
             ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
     assert texts[0] == texts[1] == model.tokenizer.decode(ids[len(context):])
     assert numbers[0] == read_number(texts[0])
+
+
+@pytest.mark.parametrize("build", [lambda: tiny_model(char_tokenizer(), n_layers=2, seed=1), lambda: rotary_model(seed=1)],
+                         ids=["absolute", "rotary"])
+def test_contexts_sharing_a_prefix_score_as_when_each_runs_whole(build):
+    model = build()
+    generator = torch.Generator().manual_seed(0)
+    prefixes = [torch.randint(1, model.cfg.d_vocab, (7,), generator=generator) for _ in range(3)]
+    contexts = [torch.cat([prefix, torch.randint(1, model.cfg.d_vocab, (3,), generator=generator)])
+                for prefix in prefixes for _ in range(4)]
+    contexts.append(prefixes[0][:5].clone())  # a shorter one in group 0: it shares all but its last token
+    groups = [i // 4 for i in range(12)] + [0]
+    shared = shared_lengths(contexts, groups)
+    assert shared == [5] * 4 + [7] * 8 + [4]  # group 0 shares only what its shorter member has
+    answers = [tuple(torch.randint(1, model.cfg.d_vocab, (2,), generator=generator).tolist()) for _ in contexts]
+    whole, _, whole_texts = score_and_read(model, contexts, answers, max_tokens=3)
+    split, _, split_texts = score_and_read(model, contexts, answers, max_tokens=3, shared=shared)
+    assert torch.allclose(split.token_logprob, whole.token_logprob, atol=1e-5)
+    assert torch.allclose(split.boundary_logprob, whole.boundary_logprob, atol=1e-5)
+    assert split_texts == whole_texts
