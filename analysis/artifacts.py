@@ -69,6 +69,12 @@ class StagePaths:
         return self._output("results")
 
     @property
+    def log(self) -> Path:
+        """This run's wall time and work, beside data/: logs/<model>/<stage>.json (git-ignored,
+        not a DVC output, since no two runs take the same time)."""
+        return self.root.parent / "logs" / self.model / f"{self.stage}.json"
+
+    @property
     def metrics(self) -> Path:
         """The headline metrics, beside data/: metrics/<model>/<stage>.json."""
         return self.root.parent / METRICS.format(model=self.model, stage=self.stage)
@@ -160,6 +166,18 @@ class Schema(BaseModel):
     """The base of every results file's schema: a field it does not declare is an error."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class WorkDone(Schema):
+    forward_passes: int  # through the model, whole or from/to a layer
+    tokens: int  # token positions those passes ran (batch × positions)
+
+
+class StageResults(Schema):
+    """The base of every stage's results: `work` is filled in by the stage's main() (the
+    results of a bare run() have none). Wall time is not a result: it lives in logs/."""
+
+    work: WorkDone | None = None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.arithmetic import parse_arithmetic
@@ -47,6 +47,7 @@ from analysis.prompts import (
 from analysis.scoring import first_token_probs
 from analysis.stage import run_stage
 from analysis.stats import Estimate, bootstrap_ci, estimate_mean
+from analysis.timing import progress
 
 STAGE = "heads"
 # What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
@@ -261,7 +262,7 @@ class HeadAblation(Schema):
     family: dict[str, Estimate]  # mean change over the family: correct; copy (on the whole-copy prompts)
 
 
-class HeadsMetrics(Schema):
+class HeadsMetrics(StageResults):
     model: str
     ci_level: float
     n_copy_prompts: int  # family prompts whose copy is one token after the context (prompts.whole_copy)
@@ -399,7 +400,7 @@ def ablate_heads(model, params: Params, roles: dict[tuple[int, int], list[str]],
         return estimate_mean(delta[copy_rows, column] if column else delta[:, column], n_boot, seed, level)
 
     ablations = []
-    for (layer, head), head_roles_ in roles.items():
+    for (layer, head), head_roles_ in progress(list(roles.items()), "ablating heads", unit="head"):
         value = mean_head_output(model, family, layer, head) if params.heads.ablation == "mean" else None
         hooks = head_ablation_hooks(layer, head, value)
         canonical = first_token_probs(model, [prepared], ("correct", "misconception"), hooks)[0] - base_canonical

@@ -24,7 +24,7 @@ from jaxtyping import Bool, Float, Int
 from pydantic import model_validator
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.report import quote_token
@@ -88,7 +88,7 @@ class FamilyLens(Schema):
     previous_answer: Band  # the previous example's answer's first token (a copy), on those prompts
 
 
-class LogitLensMetrics(Schema):
+class LogitLensMetrics(StageResults):
     model: str
     model_label: str
     prompt_as_written: str

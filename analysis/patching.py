@@ -58,16 +58,16 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from analysis.arithmetic import PromptPair, copy_pairs, sequence_pairs
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params, hook_layer
 from analysis.plotting import COLORS, error_bars, styled
 from analysis.prompts import PreparedPrompt, equal_length_batches, prepare_prompt
 from analysis.saes import STAGE as SAE_TRAIN
 from analysis.saes import load_sae, splice
-from analysis.scoring import greedy_under_hooks, read_number, score_and_read
+from analysis.scoring import greedy_under_hooks, prefix_kv, read_number, score_and_read, stack_kv
 from analysis.stage import run_stage
 from analysis.stats import Estimate, PairedEstimate, estimate_mean, paired_estimate
-from analysis.timing import timed
+from analysis.timing import progress, timed
 
 STAGE = "patching"
 # What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
@@ -120,32 +120,6 @@ def logit_diff_at_end(model, batch: PairBatch, resid: Tensor | None = None, star
     return _ld_of_final(model, batch, out[:, -1])
 
 
-@torch.no_grad()
-def prefix_kv(model, tokens: Int[Tensor, "batch pos"], keep: int):
-    """Every layer's keys and values for all but the last `keep` positions of `tokens`,
-    frozen. Attention is causal, so a change made only at the last positions never reaches
-    the earlier ones: running just those positions on top of this cache gives what the
-    whole run gives there, at a fraction of the cost."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, len(tokens))
-    prefix = tokens[:, :-keep].to(model.cfg.device)
-    # no padding anywhere: say so, or pad ids (often BOS) would be guessed and masked
-    model(prefix, past_kv_cache=cache, attention_mask=torch.ones_like(prefix), return_type=None)
-    cache.freeze()
-    return cache
-
-
-def stack_kv(caches: list):
-    """prefix_kv caches of equal length, one after another along the batch, frozen."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache, TransformerLensKeyValueCacheEntry
-
-    entries = [TransformerLensKeyValueCacheEntry(torch.cat([c.entries[l].past_keys for c in caches]),
-                                                 torch.cat([c.entries[l].past_values for c in caches]), frozen=True)
-               for l in range(len(caches[0].entries))]
-    return TransformerLensKeyValueCache(entries, torch.cat([c.previous_attention_mask for c in caches]), frozen=True)
-
-
 def _ld_of_final(model, batch: PairBatch, last: Float[Tensor, "copies_batch d_model"]) -> Float[Tensor, "copies_batch"]:
     """LD from the final residual stream at the last position (final norm, then unembedding);
     `last` may hold several copies of the batch, one after another."""
@@ -187,7 +161,7 @@ def compute_resid_patching(model, batch: PairBatch, sites: list[Bool[Tensor, "ba
         if span < pos:
             prefixes = [prefix_kv(model, tokens, span) for tokens in (batch.corrupt, batch.clean)]
             prefix = stack_kv([prefixes[0]] * len(chosen) + [prefixes[1]] * len(chosen))
-        for layer, name in enumerate(names):
+        for layer, name in progress(list(enumerate(names)), "patching the residual stream", unit="layer"):
             c, k = clean[name][:, -span:], corrupt[name][:, -span:]
             base, patch = torch.cat([k] * len(chosen) + [c] * len(chosen)), torch.cat([c] * len(chosen) + [k] * len(chosen))
             ld = logit_diff_at_end(model, batch, torch.where(masks, patch, base), layer, prefix=prefix)
@@ -224,7 +198,7 @@ def compute_component_patching(model, batch: PairBatch, components: list[tuple[i
     _, corrupt = model.run_with_cache(batch.corrupt.to(model.cfg.device), names_filter=lambda n: n in names)
     prefix = stack_kv([prefix_kv(model, tokens, 1) for tokens in (batch.corrupt, batch.clean)])
     out = torch.empty(2, len(batch.corrupt), len(components))
-    for i, (layer, head) in enumerate(components):
+    for i, (layer, head) in progress(list(enumerate(components)), "patching components", unit="component"):
         name, start = _component_name(layer, head), f"blocks.{layer}.hook_resid_pre"
 
         def final(cache) -> Tensor:
@@ -346,7 +320,7 @@ def compute_path_patching(model, batch: PairBatch, nodes: list[Node]
     direct = _ld_of_final(model, batch, (final[None] + delta).flatten(0, 1)).reshape(len(nodes), -1).T
     edges = torch.full((len(batch.corrupt), len(nodes), len(nodes)), float("nan"))
     base = prefix_kv(model, batch.corrupt, 1)
-    for r, receiver in enumerate(nodes):
+    for r, receiver in progress(list(enumerate(nodes)), "patching paths", unit="receiver"):
         senders = [s for s, sender in enumerate(nodes) if can_reach(sender, receiver)]
         if not senders:
             continue
@@ -633,7 +607,7 @@ class ExamplesResult(Schema):
     p_correct: Estimate
 
 
-class PatchingMetrics(Schema):
+class PatchingMetrics(StageResults):
     model: str
     n_layers: int
     n_heads: int

@@ -34,7 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analysis import saes
-from analysis.artifacts import Schema, StagePaths, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
 from analysis.params import Params, SaeParams, hook_layer
 from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.report import quote_token
@@ -195,7 +195,7 @@ class SaeResult(Schema):
     spacing: dict[str, SpacingResult]
 
 
-class SaeMetrics(Schema):
+class SaeMetrics(StageResults):
     model: str
     ci_level: float
     prompt: str

@@ -39,6 +39,7 @@ from analysis.prompts import PreparedPrompt, prepare_family, run_by_length
 from analysis.saes import STAGE, CorpusRecord, Quality, SaeRecord, SaeTrainMetrics, load_sae, splice
 from analysis.scoring import final_logits
 from analysis.stage import run_stage
+from analysis.timing import progress
 
 # What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
 HEADLINE = ("saes.*.quality.explained_variance", "saes.*.quality.l0", "saes.*.quality.dead_fraction",
@@ -55,7 +56,7 @@ def collect_activations(model, windows: Int[Tensor, "window pos"], hook: str,
     def keep(x: Tensor, hook) -> None:
         store.append(x[:, 1:].reshape(-1, x.shape[-1]).cpu())
 
-    for start in range(0, len(windows), batch_size):
+    for start in progress(range(0, len(windows), batch_size), f"activations at {hook}"):
         model.run_with_hooks(windows[start : start + batch_size].to(model.cfg.device),
                              stop_at_layer=hook_layer(hook) + 1, fwd_hooks=[(hook, keep)])
     return torch.cat(store)
@@ -99,7 +100,7 @@ def train_topk_sae(activations: Float[Tensor, "token d_in"], d_sae: int, k: int,
 @torch.no_grad()
 def _next_token_loss(model, windows: Tensor, hooks: list) -> float:
     total, count = 0.0, 0
-    for start in range(0, len(windows), 16):
+    for start in progress(range(0, len(windows), 16), "next-token loss"):
         batch = windows[start : start + 16].to(model.cfg.device)
         logprobs = model.run_with_hooks(batch, fwd_hooks=hooks).log_softmax(-1)
         picked = logprobs[:, 1:-1].gather(-1, batch[:, 2:, None])[..., 0]  # predictions from position 1 on

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, load_json, record_read
+from analysis.artifacts import Schema, StagePaths, StageResults, load_json, record_read
 from analysis.models import hub_error, require_hub
 from analysis.params import SaeParams
 
@@ -92,7 +92,7 @@ class CorpusRecord(Schema):
     n_arithmetic_train_windows: int
 
 
-class SaeTrainMetrics(Schema):
+class SaeTrainMetrics(StageResults):
     model: str
     corpus: CorpusRecord
     saes: dict[str, SaeRecord]

@@ -9,10 +9,14 @@ output folder cannot be written (found before any compute; nothing written).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sys
 import tempfile
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from analysis.artifacts import StagePaths, atomic_write_bytes, headline, reads, save_json, to_csv_bytes
+from analysis.artifacts import StagePaths, WorkDone, atomic_write_bytes, headline, reads, save_json, to_csv_bytes
 from analysis.models import ModelUnavailableError, load_model
 from analysis.params import OUTPUTS, output_path, parse_model_arg, stages
 from analysis.pipeline import declared_reads, undeclared_reads
-from analysis.timing import timed
+from analysis.timing import Work, counting
 
 
 def check_numerics() -> None:
@@ -73,6 +77,16 @@ def check_writable(paths: StagePaths) -> None:
             raise SystemExit(7) from None
 
 
+def write_log(paths: StagePaths, load_s: float, run_s: float, work: Work) -> None:
+    """This run's timings and work in logs/ (see StagePaths.log); `make bench` reads them."""
+    paths.log.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths.log, json.dumps({
+        "stage": paths.stage, "model": paths.model, "load_s": round(load_s, 2), "run_s": round(run_s, 2),
+        **asdict(work), "threads": torch.get_num_threads(), "device": str(torch.get_default_device()),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+    }, indent=1).encode() + b"\n")
+
+
 def run_stage(stage: str, run: Callable[..., Any], headline_patterns: tuple[str, ...],
               argv: list[str] | None = None, curves: Callable[[Any], dict[str, list[dict]]] | None = None) -> None:
     """main() of a stage whose run(model, params, key, paths) needs the model and returns
@@ -83,15 +97,24 @@ def run_stage(stage: str, run: Callable[..., Any], headline_patterns: tuple[str,
     check_numerics()
     seed_everything(params.seed)
     try:
-        with timed(f"{stage}: model loaded"):
-            model = load_model(key, params)
+        start = time.perf_counter()
+        model = load_model(key, params)
+        load_s = time.perf_counter() - start
+        print(f"  {stage}: model loaded: {load_s:.1f} s", file=sys.stderr, flush=True)
     except ModelUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(3) from None
     paths = StagePaths(key, stage)
-    with timed(f"{stage}: done"):
+    start = time.perf_counter()
+    with counting(model) as work:
         results = run(model, params, key, paths)
-    save_json(paths.metrics, headline(results, headline_patterns))
+    wall = time.perf_counter() - start
+    results = results.model_copy(update={"work": WorkDone(**asdict(work))})
+    save_json(paths.results, results)
+    save_json(paths.metrics, headline(results, (*headline_patterns, "work.*")))
     for name, rows in (curves(results) if curves else {}).items():
         atomic_write_bytes(paths.plot(name), to_csv_bytes(rows))
+    print(f"{stage}@{key}: {wall:.1f} s, {work.forward_passes:,} forward passes, {work.tokens:,} tokens",
+          file=sys.stderr, flush=True)
+    write_log(paths, load_s, wall, work)
     check_reads(stage, key, paths)
