@@ -1,8 +1,9 @@
 """dvc.yaml, derived: every stage's command, deps, params and outputs from params.py's
 StageSpecs and from the analysis modules each stage imports (read from their source).
 
-    python -m analysis.pipeline           # rewrite dvc.yaml if it is out of date
+    python -m analysis.pipeline           # check params.yaml; rewrite dvc.yaml if it is out of date
     python -m analysis.pipeline --check   # exit 1 if dvc.yaml differs from what it should be
+    python -m analysis.pipeline --unchanged-since STAMP MODEL   # `make`'s no-op check: exit 0 or 10
 
 `make` runs the first before `dvc repro`; a test runs the second. The data a stage reads
 is checked at run time too (`undeclared_reads`): a stage that reads another stage's
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from analysis.params import StageSpec, metrics_path, output_path, stages
+from analysis.params import main as check_params
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_YAML = REPO / "dvc.yaml"
@@ -39,20 +42,38 @@ def analysis_imports(module: str, seen: set[str] | None = None) -> set[str]:
     if module in seen:
         return seen
     seen.add(module)
-    for name in _imported_names(ast.parse((REPO / "analysis" / f"{module}.py").read_text())):
-        parts = name.split(".")
-        if parts[0] == "analysis" and len(parts) > 1 and (REPO / "analysis" / f"{parts[1]}.py").exists():
-            analysis_imports(parts[1], seen)
+    for imported in _direct_imports(module):
+        analysis_imports(imported, seen)
     return seen
 
 
+@functools.cache
+def _direct_imports(module: str) -> tuple[str, ...]:
+    """The analysis modules `module` imports itself (each source parsed once per process)."""
+    names = _imported_names(ast.parse((REPO / "analysis" / f"{module}.py").read_text()))
+    return tuple(sorted({part for part in (_analysis_module(name) for name in names) if part}))
+
+
+def _analysis_module(name: str) -> str | None:
+    parts = name.split(".")
+    if parts[0] == "analysis" and len(parts) > 1 and (REPO / "analysis" / f"{parts[1]}.py").exists():
+        return parts[1]
+    return None
+
+
 def _imported_names(tree: ast.AST) -> Iterable[str]:
-    for node in ast.walk(tree):
+    """Every module an import statement names, at any depth of the statements (function
+    bodies included); expressions, which hold no imports, are not walked."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
         if isinstance(node, ast.ImportFrom) and node.module:
             yield node.module
             yield from (f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
+        for block in ("body", "orelse", "handlers", "finalbody", "cases"):
+            stack.extend(getattr(node, block, None) or ())
 
 
 def paper_imports() -> set[str]:
@@ -62,9 +83,8 @@ def paper_imports() -> set[str]:
     modules = analysis_imports("paper")
     for source in sources:
         for name in _imported_names(ast.parse(source)):
-            parts = name.split(".")
-            if parts[0] == "analysis" and len(parts) > 1 and (REPO / "analysis" / f"{parts[1]}.py").exists():
-                analysis_imports(parts[1], modules)
+            if module := _analysis_module(name):
+                analysis_imports(module, modules)
     return modules
 
 
@@ -152,20 +172,57 @@ def _covered(path: str, deps: list[str]) -> bool:
     return any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in deps)
 
 
+def unchanged_since(stamp: Path, model: str, root: Path = REPO) -> bool:
+    """Whether `dvc repro paper@<model>` would find nothing to do, judged without DVC: every
+    stage of the model is in dvc.lock, and no file the lock lists for them (deps, outputs,
+    every file of an output folder), nor dvc.yaml, dvc.lock or params.yaml, is missing or
+    newer than `stamp`, which `make` touches after a `dvc repro` that succeeded. DVC's own
+    status trusts the same modification times (its state cache of file hashes)."""
+    if not stamp.exists():
+        return False
+    lock_file = root / "dvc.lock"
+    if not lock_file.exists():
+        return False
+    recorded = (yaml.load(lock_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {})
+    recorded = recorded.get("stages", {})
+    names = [f"{stage}@{model}" for stage in (*stages(), "paper")]
+    if any(name not in recorded for name in names):
+        return False
+    paths = [root / "dvc.yaml", lock_file, root / "params.yaml"]
+    for name in names:
+        paths += [root / entry["path"] for entry in (*recorded[name].get("deps", ()), *recorded[name].get("outs", ()))]
+    since = stamp.stat().st_mtime_ns
+    for path in paths:
+        if not path.exists():
+            return False
+        if any(f.stat().st_mtime_ns > since for f in ([path, *path.rglob("*")] if path.is_dir() else [path])):
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m analysis.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml is out of date; write nothing")
+    parser.add_argument("--unchanged-since", nargs=2, metavar=("STAMP", "MODEL"), type=str,
+                        help="then exit 0 if nothing changed for MODEL since STAMP (see unchanged_since), else 10")
     args = parser.parse_args(argv)
+    if not args.check:
+        check_params()  # bad params stop `make` here (exit 2), before dvc.yaml or any output is touched
     text = render()
     current = DVC_YAML.read_text() if DVC_YAML.exists() else ""
-    if current == text:
-        return
-    if args.check:
-        print("dvc.yaml is out of date with analysis/params.py and the modules' imports; "
-              "run `python -m analysis.pipeline`", file=sys.stderr)
-        raise SystemExit(1)
-    DVC_YAML.write_text(text)
-    print("dvc.yaml: rewritten from analysis/params.py", file=sys.stderr)
+    if current != text:
+        if args.check:
+            print("dvc.yaml is out of date with analysis/params.py and the modules' imports; "
+                  "run `python -m analysis.pipeline`", file=sys.stderr)
+            raise SystemExit(1)
+        DVC_YAML.write_text(text)
+        print("dvc.yaml: rewritten from analysis/params.py", file=sys.stderr)
+    if args.unchanged_since:
+        stamp, model = args.unchanged_since
+        if not unchanged_since(Path(stamp), model):
+            raise SystemExit(10)
+        print(f"paper@{model}: no dependency or output changed since the last `make` ({stamp}); "
+              "`dvc repro` would find nothing to do", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -154,3 +154,50 @@ def test_importing_analysis_pins_the_numeric_code_paths_unless_opted_out():
     native = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO),
                             "ARITH_NATIVE_NUMERICS": "1"}, capture_output=True, text=True, check=True).stdout.split()
     assert native[1] == "None"
+
+
+def _fake_checkout(root, model: str = "m") -> list:
+    """dvc.yaml, dvc.lock (every stage of `model`, each with one dep and one output file,
+    patching's output a folder), params.yaml and those files, all older than a stamp."""
+    import os
+
+    from analysis.params import stages
+
+    names = [*stages(), "paper"]
+    lock = {"stages": {f"{s}@{model}": {"deps": [{"path": f"analysis/{s}.py"}], "outs": [{"path": f"data/{s}"}]}
+                       for s in names}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    files = [root / "dvc.yaml", root / "params.yaml", root / "dvc.lock"]
+    for s in names:
+        files.append(root / "analysis" / f"{s}.py")
+        files.append(root / "data" / s / "part.bin" if s == "patching" else root / "data" / s)
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        if not f.exists():
+            f.write_text("x")
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(root / "data" / "patching", ns=(1_000_000_000, 1_000_000_000))  # the output folder itself
+    (root / "stamp").write_text("")
+    os.utime(root / "stamp", ns=(2_000_000_000, 2_000_000_000))
+    return files
+
+
+def test_make_skips_dvc_only_when_nothing_it_would_check_changed(tmp_path):
+    import os
+
+    from analysis.pipeline import unchanged_since
+
+    files = _fake_checkout(tmp_path)
+    stamp = tmp_path / "stamp"
+    assert unchanged_since(stamp, "m", tmp_path)
+    assert not unchanged_since(tmp_path / "no-stamp", "m", tmp_path)  # no make has finished here
+    assert not unchanged_since(stamp, "other", tmp_path)  # stages dvc.lock does not record
+    for changed in (tmp_path / "analysis" / "heads.py", tmp_path / "params.yaml",
+                    tmp_path / "data" / "patching" / "part.bin"):  # a dep, the params, a file in an output folder
+        os.utime(changed, ns=(3_000_000_000, 3_000_000_000))  # newer than the stamp
+        assert not unchanged_since(stamp, "m", tmp_path), changed
+        os.utime(changed, ns=(1_000_000_000, 1_000_000_000))
+    assert unchanged_since(stamp, "m", tmp_path)
+    (tmp_path / "data" / "sae").unlink()  # an output deleted
+    assert not unchanged_since(stamp, "m", tmp_path)
+    assert len(files) == 3 + 2 * 7
