@@ -1,5 +1,8 @@
 """What every stage's main() does: parse --model, validate params, seed, load the model,
-run, then check that the stage read exactly the other stages' outputs it declares.
+run (counting forward passes and tokens, recorded as the results' `work`), write the
+headline metrics and plot data, print one closing line with the wall time and the work,
+log both to logs/<model>/<stage>.json, then check that the stage read exactly the other
+stages' outputs it declares.
 
 Exit status: 2 for bad params or arguments (nothing written), 3 when the model cannot be
 had here (nothing written; the message says what to do instead), 5 when the stage read
@@ -15,9 +18,9 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
