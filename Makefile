@@ -58,12 +58,14 @@ endef
 # The installer is uv (from PyPI, into the venv): the same lock, the same versions, several
 # times faster than pip (README, Timings). INSTALLER=pip uses pip alone, as does a failed
 # install of uv. uv reads no pip.conf: pip's find-links (a local torch wheel) are passed on.
+# It compiles the bytecode, as pip does: where PYTHONDONTWRITEBYTECODE is set, every stage
+# would otherwise compile torch's sources again on import (seconds per stage).
 TORCH_INDEX ?=
 INSTALLER ?= uv
 UV_VERSION := 0.13.9
 PIP := $(BIN)/python -m pip install --quiet --disable-pip-version-check
 UV := UV_FIND_LINKS="$${UV_FIND_LINKS:-$${PIP_FIND_LINKS:-$$($(BIN)/python -m pip config get global.find-links 2>/dev/null)}}" \
-      $(BIN)/uv pip install --quiet --python $(BIN)/python
+      $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python
 $(STAMP): requirements.lock
 	$(if $(wildcard $(BIN)/python),,$(call check_python,$(PYTHON)))
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
