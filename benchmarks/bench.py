@@ -258,7 +258,8 @@ def command_seconds(args: list[str], env: dict | None = None, cwd: Path = REPO) 
 
 
 def make_figures(report: Report, key: str) -> None:
-    status = subprocess.run(["dvc", "status", "--json", f"paper@{key}"], cwd=REPO, capture_output=True, text=True)
+    dvc = str(Path(sys.executable).with_name("dvc"))  # this venv's, whether or not it is on PATH
+    status = subprocess.run([dvc, "status", "--json", f"paper@{key}"], cwd=REPO, capture_output=True, text=True)
     if status.returncode or json.loads(status.stdout or "{}"):
         report.add("no-op make", None, "s", "≤ 2", note="the pipeline is not up to date: run `make` first")
         return
@@ -266,7 +267,7 @@ def make_figures(report: Report, key: str) -> None:
     failed = next((tail for _, rc, tail in runs if rc), "")
     report.add("no-op make (best of 3, after one)", None if failed else min(s for s, _, _ in runs[1:]), "s", "≤ 2",
                lambda v: v <= 2, note=failed or f"the first: {runs[0][0]:.2f} s")
-    seconds, rc, tail = command_seconds(["dvc", "repro", "--force", "--single-item", f"paper@{key}"])
+    seconds, rc, tail = command_seconds([dvc, "repro", "--force", "--single-item", f"paper@{key}"])
     report.add("paper rebuilt from cache", seconds if rc == 0 else None, "s", "≤ 30", lambda v: v <= 30,
                note=tail if rc else "")
 
