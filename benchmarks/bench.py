@@ -252,6 +252,10 @@ def pipeline(report: Report, model, key: str, limit: float) -> None:
 
 
 def command_seconds(args: list[str], env: dict | None = None, cwd: Path = REPO) -> tuple[float, int, str]:
+    """Wall time, exit status and output tail of a command run with this venv first on PATH
+    (DVC's stage commands say `python`)."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     start = time.perf_counter()
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     return time.perf_counter() - start, done.returncode, (done.stdout + done.stderr)[-400:]
