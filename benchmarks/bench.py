@@ -162,8 +162,9 @@ def head_ranking(report: Report, model, params, top: int = 10) -> None:
     pairs, prepared = P.prepare_pairs(model, P.error_set("copy", params))
     _, _, lds, errs, _ = P.behaviour_of(model, params, pairs, prepared)
     chosen, _ = P.patched_subset(errs, params.patching.n_patched)
-    groups = [batch for _, batch in P.batches([prepared[i] for i in chosen])]
-    ld_corrupt = torch.cat([P.logit_diff_at_end(model, batch) for batch in groups])
+    indexed = P.batches([prepared[i] for i in chosen])
+    groups = [batch for _, batch in indexed]
+    ld_corrupt = torch.cat([lds["corrupt"][chosen][idx] for idx, _ in indexed])  # behaviour_of ran them
     n_heads = model.cfg.n_heads
     every = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(n_heads)]
 
