@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import reprlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,12 +35,33 @@ from analysis.arithmetic import count_few_shot_prompts, parse_arithmetic
 
 PARAMS_FILE = Path("params.yaml")
 
-PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+MAX_PROMPTS = 100_000  # every count and size: beyond this, memory and time run out on a laptop
+PositiveInt = Annotated[int, Field(strict=True, gt=0, le=MAX_PROMPTS)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0, le=MAX_PROMPTS)]
+Width = Annotated[int, Field(strict=True, gt=0, le=2**20)]  # a model's or an SAE's dimensions
 Seed = Annotated[int, Field(strict=True, ge=0, le=2**32 - 1)]  # what numpy and torch accept
-MAX_PROMPTS = 100_000  # prompt counts and resamples: beyond this, memory and time run out on a laptop
-Text = Annotated[str, Field(strict=True)]
+MAX_TEXT = 10_000  # characters of any string; prompts are held to each model's context too
+Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]
 Probability = Annotated[float, Field(strict=True, ge=0, le=1)]
+# A model key or an SAE name becomes a folder under data/: a plain name, never a path.
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*(?:\.[a-z0-9_-]+)*")
+MAX_NAME = 64
+MAX_FILE_BYTES = 1 << 20  # params.yaml is a few KB; a megabyte is no params file
+MAX_DEPTH = 32  # nesting of mappings and lists; params.yaml needs five
+
+
+def short(value: Any, width: int = 80) -> str:
+    """A bounded repr for messages: long strings, deep or wide structures are cut, so that
+    the message stays one short line whatever the value."""
+    limits = reprlib.Repr()  # Python 3.11's takes no arguments
+    limits.maxlevel, limits.maxdict, limits.maxlist, limits.maxtuple, limits.maxset = 3, 4, 4, 4, 4
+    limits.maxstring = limits.maxother = limits.maxlong = width
+    text = limits.repr(value).replace("\n", " ")
+    if len(text) > width + 10:
+        text = text[:width] + "..."
+    if isinstance(value, str) and len(value) > width:
+        text += f" ({len(value):,} characters)"
+    return text
 
 
 class ParamsError(ValueError):
@@ -47,7 +69,9 @@ class ParamsError(ValueError):
 
     def __init__(self, field: str, value: Any, allowed: str, source: Path = PARAMS_FILE):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{source}: {field} = {value!r}: {allowed}")
+        name = field if len(field) <= 120 else field[:120] + "..."
+        allowed = allowed if len(allowed) <= 300 else allowed[:300] + "..."
+        super().__init__(f"{source}: {name} = {short(value)}: {allowed}")
 
 
 class Section(BaseModel):
@@ -59,8 +83,9 @@ class Shape(Section):
 
     n_layers: PositiveInt
     n_heads: PositiveInt
-    d_model: PositiveInt
-    d_vocab: PositiveInt
+    d_model: Width
+    d_vocab: Width
+    n_ctx: Width  # the longest input, in tokens: every prompt is checked against it before loading
 
 
 class HeadRef(Section):
@@ -82,12 +107,12 @@ def hook_layer(hook: str) -> int:
 class SaeParams(Section):
     source: Literal["trained", "pretrained"]
     hook: Text  # a residual-width hook point, e.g. blocks.9.hook_resid_pre
-    d_in: PositiveInt
-    d_sae: PositiveInt
+    d_in: Width
+    d_sae: Width
     release: Text | None = None  # pretrained: sae_lens release and id
     sae_id: Text | None = None
     neuronpedia: Text | None = None  # Neuronpedia's id for the release, e.g. gpt2-small/9-res-jb
-    report_features: list[NonNegativeInt] = []  # latents always reported, e.g. the study's 1076
+    report_features: Annotated[list[Annotated[int, Field(strict=True, ge=0, le=2**20)]], Field(max_length=100)] = []  # latents always reported, e.g. the study's 1076
 
 
 class ModelParams(Section):
@@ -111,7 +136,7 @@ class PromptParams(Section):
     canonical: Text
     control: Text
     answers: Answers
-    spacing_variants: Annotated[dict[str, Text], Field(min_length=1)]  # the canonical prompt spaced otherwise
+    spacing_variants: Annotated[dict[str, Text], Field(min_length=1, max_length=20)]  # the canonical prompt spaced otherwise
 
 
 class FamilyParams(Section):
@@ -160,6 +185,7 @@ class StageSpec:
     writes: tuple[str, ...] = ("tensors", "results")
     paper: tuple[str, ...] = ("tensors", "results")
     plots: tuple[Plot, ...] = ()
+    uses_saes: bool = False  # loads the model's SAEs (a pretrained one from the hub)
 
 
 def output_path(stage: str, kind: str, model: str) -> str:
@@ -182,7 +208,7 @@ class LogitLensParams(Section):
 
 class InductionParams(Section):
     n_sequences: PositiveInt
-    half_length: Annotated[int, Field(strict=True, ge=2)]
+    half_length: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]
 
 
 class HeadsParams(Section):
@@ -196,15 +222,15 @@ class HeadsParams(Section):
 class BehaviourParams(Section):
     stage: ClassVar = StageSpec(shared=("prompt", "stats"))
     max_operand: PositiveInt
-    n_shots: PositiveInt
+    n_shots: Annotated[int, Field(strict=True, gt=0, le=20)]
     n_contexts: PositiveInt
     context_seed: Seed
-    max_answer_tokens: PositiveInt
-    neutral_contexts: Annotated[list[Text], Field(min_length=1)]
+    max_answer_tokens: Annotated[int, Field(strict=True, gt=0, le=16)]
+    neutral_contexts: Annotated[list[Text], Field(min_length=1, max_length=100)]
 
 
 class SaeCorpusParams(Section):
-    context_size: Annotated[int, Field(strict=True, ge=8)]
+    context_size: Annotated[int, Field(strict=True, ge=8, le=MAX_PROMPTS)]
     prose_windows: PositiveInt
     arithmetic_windows: PositiveInt
     heldout_fraction: Annotated[float, Field(strict=True, gt=0, lt=0.5)]
@@ -213,18 +239,18 @@ class SaeCorpusParams(Section):
 
 
 class SaeTrainParams(Section):
-    stage: ClassVar = StageSpec(shared=("family",), writes=("dir", "results"), paper=("results",))
+    stage: ClassVar = StageSpec(shared=("family",), writes=("dir", "results"), paper=("results",), uses_saes=True)
     k: PositiveInt  # latents active per token (TopK)
-    lr: Annotated[float, Field(strict=True, gt=0)]
+    lr: Annotated[float, Field(strict=True, gt=0, le=1)]
     batch_size: PositiveInt
-    epochs: PositiveInt
+    epochs: Annotated[int, Field(strict=True, gt=0, le=1000)]
     seed: Seed
     corpus: SaeCorpusParams
 
 
 class SaeAnalysisParams(Section):
     stage: ClassVar = StageSpec(shared=("prompt", "family", "stats"), reads=("sae_train:dir", "sae_train:results"),
-                                paper=("results",))
+                                paper=("results",), uses_saes=True)
     top_k: PositiveInt
     ablation: Literal["zero", "mean"]
     attribution_metric: Literal["logit_diff", "prob_diff"]
@@ -232,21 +258,21 @@ class SaeAnalysisParams(Section):
 
 
 class PatchingParams(Section):
-    stage: ClassVar = StageSpec(shared=("prompt", "stats"), reads=("sae_train:dir",), paper=("results",), plots=(
+    stage: ClassVar = StageSpec(shared=("prompt", "stats"), reads=("sae_train:dir",), paper=("results",), uses_saes=True, plots=(
         Plot("layers", "layer", ("copy_exact", "copy_attribution", "sequence_exact", "sequence_attribution"),
              "Patching each layer's MLP output: exact and attribution, per error set"),))
-    n_pairs: Annotated[int, Field(strict=True, ge=2)]  # prompt pairs per error set, each its own context
-    n_patched: Annotated[int, Field(strict=True, ge=2)]  # pairs patched: where the model errs, if it does
-    n_shots: PositiveInt  # examples in the copy set's contexts (the sequence set has two)
+    n_pairs: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]  # prompt pairs per error set, each its own context
+    n_patched: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]  # pairs patched: where the model errs, if it does
+    n_shots: Annotated[int, Field(strict=True, gt=0, le=20)]  # examples in the copy set's contexts (the sequence set has two)
     max_operand: Annotated[int, Field(strict=True, ge=2, le=99)]
     seed: Seed
     last_positions: PositiveInt  # residual patching at each of the last positions
     top_heads: PositiveInt  # heads ranked by attribution patching, then patched exactly
     exhaustive_heads: Annotated[bool, Field(strict=True)]  # patch every head exactly (a GPU's job)
     ablate_threshold: Annotated[float, Field(strict=True, gt=0)]  # normalised exact effect to be ablated
-    random_draws: Annotated[int, Field(strict=True, ge=2)]  # random head sets in the ablation control
+    random_draws: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]  # random head sets in the ablation control
     circuit_node_threshold: Annotated[float, Field(strict=True, gt=0)]  # |normalised effect| of a circuit node
-    circuit_max_nodes: Annotated[int, Field(strict=True, ge=2)]  # the largest effects, if more pass
+    circuit_max_nodes: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]  # the largest effects, if more pass
     circuit_edge_threshold: Annotated[float, Field(strict=True, gt=0)]  # |path effect| of an edge drawn
     top_latents: PositiveInt  # SAE latents that most favour the error, patched and ablated together
     latent_match_window: PositiveInt  # random control latents: within this many ranks of mean activation
@@ -393,8 +419,26 @@ def _check_sae(params: Params, field: str, sae: SaeParams, shape: Shape) -> None
             raise ParamsError(f"{field}.report_features", feature, f"a latent index in 0..{sae.d_sae - 1}")
 
 
+def check_name(field: str, name: Any) -> None:
+    """A model key or SAE name: a plain lower-case name that cannot leave its folder."""
+    if not isinstance(name, str) or len(name) > MAX_NAME or not NAME.fullmatch(name):
+        raise ParamsError(field, name, f"a name of at most {MAX_NAME} characters: lower-case letters, digits, '_', "
+                          "'-' and single dots between them (it names a folder under data/, so no '/' or '..')")
+
+
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
 def _check_model(params: Params, key: str, model: ModelParams) -> None:
+    check_name("models", key)
     field = f"models.{key}"
+    for name in ("package", "gguf_file"):  # looked up inside an installed package: a name, not a path
+        value = getattr(model, name)
+        if value is not None and (not FILE_NAME.fullmatch(value) or ".." in value):
+            raise ParamsError(f"{field}.{name}", value, "a file or package name (letters, digits, '.', '_', '-')")
+    if model.hub_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?",
+                                                        model.hub_name) or ".." in (model.hub_name or ""):
+        raise ParamsError(f"{field}.hub_name", model.hub_name, "a model name such as 'gpt2-small' or 'org/name'")
     required = {"gguf_wheel": ("package", "gguf_file"), "hub": ("hub_name",)}[model.source]
     for name in required:
         if not getattr(model, name):
@@ -408,6 +452,7 @@ def _check_model(params: Params, key: str, model: ModelParams) -> None:
         raise ParamsError(f"{field}.configured_head.head", head.head,
                           f"a head in 0..{shape.n_heads - 1} ({key} has {shape.n_heads} heads per layer)")
     for name, sae in model.saes.items():
+        check_name(f"{field}.saes", name)
         _check_sae(params, f"{field}.saes.{name}", sae, shape)
     if params.heads.top_k > shape.n_layers * shape.n_heads:
         raise ParamsError("heads.top_k", params.heads.top_k,
@@ -492,7 +537,46 @@ def _check_family(params: Params) -> None:
                           "the seeded draw takes at most half of them so that it ends quickly")
 
 
-CHECKS = (_check_models, _check_prompts, _check_answers, _check_operands, _check_family, _check_behaviour)
+MAX_ANSWER = 8  # characters of an answer: a space and a few digits
+ANSWER_ROOM = 16  # tokens kept free after a prompt: the answers, and the greedy reading
+
+
+def _texts_fed(params: Params) -> Iterator[tuple[str, str]]:
+    """(field, text) of every text from params.yaml that a stage feeds to a model."""
+    yield "prompt.canonical", params.prompt.canonical
+    yield "prompt.control", params.prompt.control
+    for name, text in params.prompt.spacing_variants.items():
+        yield f"prompt.spacing_variants.{name}", text
+    for i, text in enumerate(params.behaviour.neutral_contexts):
+        yield f"behaviour.neutral_contexts[{i}]", text
+
+
+def _check_context(params: Params) -> None:
+    """Every prompt fits every model's context, judged before any tokenizer loads: a text's
+    UTF-8 bytes bound its tokens for byte-level BPE tokenizers (GPT-2's, SmolLM2's), since
+    each token covers at least one byte."""
+    for name, text in params.prompt.answers.model_dump().items():
+        if len(text) > MAX_ANSWER:
+            raise ParamsError(f"prompt.answers.{name}", text, f"at most {MAX_ANSWER} characters, such as ' 10'")
+    for key, model in params.models.items():
+        n_ctx = model.shape.n_ctx
+        room = n_ctx - ANSWER_ROOM
+        for field, text in _texts_fed(params):
+            if len(text.encode()) > room:
+                raise ParamsError(field, text, f"at most {room} UTF-8 bytes, so that its tokens and the answers fit "
+                                  f"the context of {key} ({n_ctx} tokens)")
+        sequence = 2 * params.heads.induction.half_length + 1
+        if sequence > n_ctx:
+            raise ParamsError("heads.induction.half_length", params.heads.induction.half_length,
+                              f"at most {(n_ctx - 1) // 2}: the repeated sequence and its BOS must fit the context "
+                              f"of {key} ({n_ctx} tokens)")
+        if params.sae_train.corpus.context_size > n_ctx:
+            raise ParamsError("sae_train.corpus.context_size", params.sae_train.corpus.context_size,
+                              f"at most {n_ctx}, the context of {key}")
+
+
+CHECKS = (_check_models, _check_context, _check_prompts, _check_answers, _check_operands, _check_family,
+          _check_behaviour)
 
 
 def validate_params(raw: Any, source: Path = PARAMS_FILE) -> Params:
@@ -518,8 +602,32 @@ class DuplicateKeyError(yaml.YAMLError):
         self.field, self.value, self.line = field, value, line
 
 
+class YamlShapeError(yaml.YAMLError):
+    """An alias, or nesting deeper than MAX_DEPTH: refused while composing, before any value
+    is built (an alias bomb expands to gigabytes; deep nesting exhausts Python's stack)."""
+
+    def __init__(self, what: str, line: int):
+        super().__init__(what)
+        self.what, self.line = what, line
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice is an error, not a silent overwrite."""
+    """YAML's safe loader, except that a key given twice is an error, not a silent overwrite,
+    and that aliases and nesting deeper than MAX_DEPTH are refused."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise YamlShapeError(f"an alias (*{event.anchor}); write the value out", event.start_mark.line + 1)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise YamlShapeError(f"nesting deeper than {MAX_DEPTH} levels", self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set[Any] = set()
@@ -550,20 +658,40 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_document(node)
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """params.yaml's text, or ParamsError: missing, a folder, unreadable, too large, not UTF-8."""
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        if path.is_dir():
+            raise ParamsError("(file)", str(path), "a folder, not a file; params.yaml is a YAML file")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ParamsError("(file)", str(path), f"{path.stat().st_size:,} bytes; a params file is a few KB "
+                              f"(at most {MAX_FILE_BYTES:,} bytes)")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ParamsError("(file)", str(path), "params.yaml not found; run from the repository root") from None
+    except OSError as exc:
+        raise ParamsError("(file)", str(path), f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise ParamsError("(file)", str(path), f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line}; "
                           "save the file as UTF-8") from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    text = _read_text(path)
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except DuplicateKeyError as exc:
-        raise ParamsError(exc.field, exc.value, f"given twice (line {exc.line}); keep one") from None
+        raise ParamsError(exc.field, exc.value, f"given twice (line {exc.line}); keep one", path) from None
+    except YamlShapeError as exc:
+        raise ParamsError("(file)", str(path), f"line {exc.line}: {exc.what} is not allowed in params.yaml") from None
     except yaml.YAMLError as exc:
-        raise ParamsError("(file)", str(path), f"not valid YAML: {exc}") from None
+        raise ParamsError("(file)", str(path), f"not valid YAML: {short(' '.join(str(exc).split()), 200)}") from None
+    except (ValueError, RecursionError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
+        raise ParamsError("(file)", str(path), f"a value YAML cannot build: {short(str(exc), 120)}") from None
     return validate_params(raw, path)
 
 

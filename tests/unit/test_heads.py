@@ -84,7 +84,7 @@ def test_stage_ranks_heads_and_reports_the_configured_one(tmp_path):
     model = tiny_model(char_tokenizer(), n_layers=2, seed=4)
     params = make_params(**{"family.n_prompts": 6, "heads.top_k": 3, "stats.bootstrap_resamples": 200,
                             "heads.induction.n_sequences": 4, "heads.induction.half_length": 8,
-                            "models.smollm2-135m.shape": {"n_layers": 2, "n_heads": 4, "d_model": 32, "d_vocab": 46},
+                            "models.smollm2-135m.shape": {"n_layers": 2, "n_heads": 4, "d_model": 32, "d_vocab": 46, "n_ctx": 128},
                             "models.smollm2-135m.configured_head": {"layer": 1, "head": 2},
                             "models.smollm2-135m.saes": {}})
     metrics = heads.run(model, params, "smollm2-135m", StagePaths("smollm2-135m", "heads", root=tmp_path))

@@ -183,3 +183,85 @@ def test_params_drawn_within_the_schema_are_refused_or_their_prompts_are_generat
         assert time.perf_counter() - start < 2 + 1e-3 * params.family.n_prompts, family  # linear, never a hang
         generated += 1
     assert refused > 10 and generated > 10  # both branches were exercised
+
+
+# --- hostile or careless params files: one line, exit 2, under a second ----------------
+
+def _bomb(levels: int = 9) -> str:
+    """A YAML alias bomb: each level lists the previous one nine times (9**levels strings)."""
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def _params_text(**replace: str) -> str:
+    text = (REPO / "params.yaml").read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new, 1)
+    return text
+
+
+HOSTILE = [
+    # (id, file text or None for a folder, fragment of the message)
+    ("an alias bomb under seed", lambda: _params_text(**{"seed: 0\n": "seed:\n" + "".join(
+        "  " + line + "\n" for line in _bomb().splitlines())}), "an alias (*a0)"),
+    ("an alias bomb under an unknown key", lambda: _params_text(**{"seed: 0\n": "seed: 0\n" + "extra:\n" + "".join(
+        "  " + line + "\n" for line in _bomb().splitlines())}), "an alias"),
+    ("a model key that leaves data/", lambda: _params_text(**{"  smollm2-135m:\n": "  ../../escape:\n"}),
+     "models = '../../escape': a name"),
+    ("an absolute model key", lambda: _params_text(**{"  smollm2-135m:\n": "  /tmp/escape:\n"}), "a name"),
+    ("10,000 levels of nesting", lambda: _params_text(**{"seed: 0\n": "seed: " + "[" * 10_000 + "]" * 10_000 + "\n"}),
+     "nesting deeper than 32 levels"),
+    ("a billion contexts", lambda: _params_text(**{"n_contexts: 30": "n_contexts: 1000000000"}),
+     "behaviour.n_contexts = 1000000000: Input should be less than or equal to 100000"),
+    ("a billion induction sequences", lambda: _params_text(**{"n_sequences: 32": "n_sequences: 1000000000"}),
+     "heads.induction.n_sequences"),
+    ("a billion random draws", lambda: _params_text(**{"random_draws: 20": "random_draws: 1000000000"}),
+     "patching.random_draws"),
+    ("a 100,000-character prompt", lambda: _params_text(**{'control: "5 + 5 ="': 'control: "' + "1 + 1 = 2. " * 9091
+                                                            + '5 + 5 ="'}), "prompt.control = "),
+    ("a prompt beyond the context", lambda: _params_text(**{'control: "5 + 5 ="': 'control: "' + " " * 2500
+                                                             + '5 + 5 ="'}), "the context of smollm2-135m (2048 tokens)"),
+    ("a neutral context beyond GPT-2's", lambda: _params_text(**{'    - "Chapter"': '    - "' + "Chapter " * 150 + '"'}),
+     "the context of gpt2-small (1024 tokens)"),
+    ("a 100,000-digit answer", lambda: _params_text(**{'misconception: " 6"': 'misconception: " ' + "6" * 100_000 + '"'}),
+     "prompt.answers.misconception"),
+    ("a 100,000-digit integer", lambda: _params_text(**{"seed: 0\n": "seed: " + "7" * 100_000 + "\n"}),
+     "a value YAML cannot build"),
+    ("a 10 MB value", lambda: _params_text(**{"seed: 0\n": "seed: '" + "x" * 10_000_000 + "'\n"}), "at most 1,048,576 bytes"),
+    ("a folder", None, "a folder, not a file"),
+]
+
+
+@pytest.mark.parametrize(("text", "fragment"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_params_get_one_line_in_under_a_second(tmp_path, text, fragment):
+    import time
+
+    path = tmp_path / "params.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text())
+    start = time.perf_counter()
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert time.perf_counter() - start < 1.0
+    message = str(error.value)
+    assert fragment in message and "\n" not in message and len(message) < 400, message
+
+
+@pytest.mark.parametrize("case", ["an alias bomb under seed", "a model key that leaves data/", "a folder"])
+def test_the_params_check_exits_2_with_one_line_for_hostile_files(tmp_path, case):
+    text = next(c[1] for c in HOSTILE if c[0] == case)
+    path = tmp_path / "params.yaml"
+    if text is None:
+        path.mkdir()
+    else:
+        path.write_text(text())
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-m", "analysis.params"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: params.yaml: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written, nothing escaped
