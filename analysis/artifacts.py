@@ -23,15 +23,16 @@ import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -98,12 +99,39 @@ def reads() -> set[Path]:
     return set(_READS)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _stale_temporaries(target: Path) -> list[Path]:
+    """Temporary files or folders beside `target` left by writers that were killed: named
+    .<name>.<pid>.<random>.tmp, with no process of that pid left (or this process's own, from
+    a write that failed: one process writes an output once at a time). Another live
+    process's temporary is not stale, so two writers of one output never delete each other's."""
+    stale = []
+    for candidate in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = candidate.name[len(target.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid)):
+            stale.append(candidate)
+    return stale
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that was killed
+    for stale in _stale_temporaries(path):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -120,15 +148,15 @@ def atomic_write_dir(target: Path, write: Callable[[Path], None]) -> None:
     """Fill a temporary sibling folder with write(folder), then rename it into place."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a writer that was killed
+    for stale in _stale_temporaries(target):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temp_prefix(target), suffix=".tmp"))
     try:
         write(tmp)
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and some writers make owner-only modes
             path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
         if target.exists():  # renamed aside, not deleted in place: a kill leaves the old folder or none
-            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=_temp_prefix(target), suffix=".tmp"))
             os.replace(target, old)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -162,6 +190,17 @@ def save_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, to_json_bytes(obj))
 
 
+Prob = Annotated[float, Field(ge=0, le=1)]  # a probability, a rate or an attention weight
+# Strings that name things rather than quote text: a field of one of these types takes no
+# markup, so the paper can use it as a key or a label. Free text (prompts, tokens,
+# descriptions) stays `str` and reaches the paper escaped (analysis/report.py).
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]  # a model key, an SAE or set name
+Hook = Annotated[str, Field(pattern=r"^blocks\.\d{1,3}\.[a-z_.]{1,40}$")]  # a TransformerLens hook point
+Answer = Annotated[str, Field(pattern=r"^ ?[0-9]{1,8}$")]  # an answer string, " 10"
+HubId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}$")]  # a release, id or Neuronpedia id
+Level = Annotated[float, Field(gt=0, lt=1)]  # an interval's confidence level
+
+
 class Schema(BaseModel):
     """The base of every results file's schema: a field it does not declare is an error."""
 
@@ -183,6 +222,54 @@ class StageResults(Schema):
 M = TypeVar("M", bound=BaseModel)
 
 
+# Bounds on what a results file may hold, whatever its schema: whoever can write to the DVC
+# remote writes these files, so a reader takes them as untrusted input (README, "What
+# happens when"). Every stage writes far less.
+MAX_RESULTS_BYTES = 64 << 20
+MAX_DEPTH = 16  # nesting of objects and lists; the deepest results file needs six
+MAX_STRING = 2_000  # characters; the longest string a stage writes is a prompt of about 100
+MAX_ITEMS = 200_000  # entries of one list or object
+MAX_MAGNITUDE = 1e12  # |number|: logits, counts and token totals are far below this
+KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+ -]{0,63}")  # "copy", "res-l22", "5 + 5", "1076"
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"the key {key[:80]!r} appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _bad_value(value: Any, where: str, depth: int = 0) -> str | None:
+    """What is wrong with a parsed JSON value, as 'field: why', or None (walks it once)."""
+    here = where or "(top level)"
+    if depth > MAX_DEPTH:
+        return f"{here}: nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{here}: not a finite number (NaN or infinity); no stage writes one"
+    if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_MAGNITUDE:
+        return f"{here}: {value:.3g} is beyond any value a stage writes (|x| <= {MAX_MAGNITUDE:g})"
+    if isinstance(value, str) and len(value) > MAX_STRING:
+        return f"{here}: a string of {len(value):,} characters (at most {MAX_STRING:,})"
+    if isinstance(value, dict | list) and len(value) > MAX_ITEMS:
+        return f"{here}: {len(value):,} entries (at most {MAX_ITEMS:,})"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not KEY.fullmatch(key):
+                return f"{here}: the key {key[:40]!r} is not a name a stage writes ({KEY.pattern})"
+            found = _bad_value(item, f"{where}.{key}" if where else key, depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_value(item, f"{where}[{i}]", depth + 1)
+            if found:
+                return found
+    return None
+
+
 def non_finite(value: Any, where: str = "(top level)") -> str | None:
     """The path of the first NaN or infinity in a parsed JSON value, if any."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -195,29 +282,47 @@ def non_finite(value: Any, where: str = "(top level)") -> str | None:
     return None
 
 
-def load_json(path: Path, schema: type[M]) -> M:
-    """Read a results file and check it against its schema."""
+def _refused(path: Path, why: str) -> ArtifactError:
+    return ArtifactError(f"{path}: {why}. Restore it with `dvc checkout --force {path}` or rebuild it with "
+                         "`dvc repro`.")
+
+
+def read_results(path: Path) -> Any:
+    """A results file's parsed JSON, refused (ArtifactError naming the file and the field)
+    when it is too large, not JSON, has a key twice, or holds a value beyond the bounds above."""
     path = Path(path)
     record_read(path)
     if not path.exists():
         raise ArtifactError(f"{path}: missing. Run `dvc pull` (or `dvc repro`) to get it.")
+    size = path.stat().st_size
+    if size > MAX_RESULTS_BYTES:
+        raise _refused(path, f"{size:,} bytes, more than any stage writes ({MAX_RESULTS_BYTES:,})")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_bytes(), object_pairs_hook=_unique_pairs)
     except json.JSONDecodeError as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc}); restore it with `dvc checkout --force {path}`") from None
-    where = non_finite(raw)
-    if where is not None:
-        raise ArtifactError(f"{path}: {where} is not a finite number (NaN or infinity); no stage writes one. "
-                            f"Restore it with `dvc checkout --force {path}` or rebuild it with `dvc repro`.")
+    except UnicodeDecodeError as exc:
+        raise _refused(path, f"not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:
+        raise _refused(path, f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # a duplicated key, or an integer of more than 4,300 digits
+        raise _refused(path, str(exc)) from None
+    problem = _bad_value(raw, "")
+    if problem:
+        raise _refused(path, problem)
+    return raw
+
+
+def load_json(path: Path, schema: type[M]) -> M:
+    """Read a results file and check it against its schema, strictly: an integer field
+    takes no float, a field takes no value of another type."""
+    raw = read_results(path)
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(raw, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ArtifactError(
-            f"{path}: does not match the {schema.__name__} schema at {field}: {first['msg']}. "
-            f"Restore it with `dvc checkout --force {path}` or rebuild it with `dvc repro`."
-        ) from None
+        raise _refused(Path(path), f"does not match the {schema.__name__} schema at {field}: {first['msg']}") from None
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -40,7 +40,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import (Level, Name, Prob, Schema, StagePaths, StageResults, load_json, load_tensors,
+                                save_json, save_tensors)
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.arithmetic import ArithmeticPrompt, parse_arithmetic
@@ -164,8 +165,8 @@ def compute_number_probs(model, contexts: list[str], numbers: list[int], continu
 class Item(Schema):
     prompt: str
     answers: list[int | None]  # per context
-    accuracy: float
-    p_correct: float  # mean over contexts
+    accuracy: Prob
+    p_correct: Prob  # mean over contexts
     error_prob: Estimate  # 1 - P(right number), with its interval over contexts
 
 
@@ -182,17 +183,17 @@ class ConditionResult(Schema):
     n_non_numeric: int
     classes: dict[str, Estimate]  # rate among wrong answers, per class (not exclusive)
     frequent_wrong: list[list[int]]  # [answer, count]: the most frequent wrong numeric answers, at most five
-    chance: dict[str, float]  # the same rates for uniformly random wrong answers
+    chance: dict[str, Prob]  # the same rates for uniformly random wrong answers
     items: dict[str, Item]  # the study's examples: "5 + 5", "9 + 9"
 
 
 class FrequencyResult(Schema):
     numbers: list[int]
     neutral_contexts: list[str]
-    prior: list[float]  # mean over neutral contexts of P(number)
-    prior_by_context: list[list[float]]
-    zero_shot: list[float]  # P(number) after the control prompt
-    few_shot: list[float]  # P(number) after the canonical prompt
+    prior: list[Prob]  # mean over neutral contexts of P(number)
+    prior_by_context: list[list[Prob]]
+    zero_shot: list[Prob]  # P(number) after the control prompt
+    few_shot: list[Prob]  # P(number) after the canonical prompt
     zero_shot_prompt: str
     few_shot_prompt: str
     misconception: int
@@ -200,8 +201,8 @@ class FrequencyResult(Schema):
 
 
 class BehaviourMetrics(StageResults):
-    model: str
-    ci_level: float
+    model: Name
+    ci_level: Level
     max_operand: int
     n_pairs: int
     conditions: dict[str, ConditionResult]

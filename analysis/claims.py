@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.params import ClaimsParams, Params
-from analysis.report import ci, esc, head, num, pct, prob, tok
+from analysis.report import Md, ci, head, md, num, pct, plain, prob, tok
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED, NOT_TESTABLE = (
     "supported", "contradicted", "inconclusive", "mixed", "not testable")
@@ -31,9 +31,11 @@ CONDITION_NAMES = {"zero_shot": "zero-shot", "few_shot": "few-shot", "study_cont
 
 @dataclass(frozen=True)
 class Claim:
-    claim: str  # the study's statement
-    rule: str  # how it is tested here, thresholds included
-    measured: str  # the measurement that decides it
+    """Each text is plain (shown literally) or an Md built by report.md (results escaped)."""
+
+    claim: str | Md  # the study's statement
+    rule: str | Md  # how it is tested here, thresholds included
+    measured: str | Md  # the measurement that decides it
     verdict: str
     key: str = ""  # the rule's function name, set by `evaluate`
 
@@ -64,14 +66,14 @@ def below(e, threshold: float = 0.0) -> str:
     return {SUPPORTED: CONTRADICTED, CONTRADICTED: SUPPORTED}.get(verdict, verdict)
 
 
-def est(e, fmt: Callable[[float], str] = pct) -> str:
+def est(e, fmt: Callable[[float], str] = pct) -> Md:
     """'12.0% [8.1%, 15.5%]', or 'x (exact)' for a whole population; '–' for no value."""
     if e.mean is None:
-        return "–"
-    return f"{fmt(e.mean)} (exact)" if e.low is None else f"{fmt(e.mean)} {ci(e.low, e.high, fmt)}"
+        return Md("–")
+    return md("{} (exact)", fmt(e.mean)) if e.low is None else md("{} {}", fmt(e.mean), ci(e.low, e.high, fmt))
 
 
-def points(e) -> str:
+def points(e) -> Md:
     """A change in a rate, in percentage points, with its interval: '−3.1 [−5.0, −1.2] points'."""
     return est(e, lambda x: num(100 * x, 1)) + " points"
 
@@ -84,20 +86,21 @@ def signed(x: float) -> str:
 
 def canonical_answer(r: Results, c: ClaimsParams, p: Params) -> Claim:
     wrong, right = r.lens.misconception, r.lens.correct
-    return Claim(f"The model completes {tok(p.prompt.canonical)} with {esc(wrong.text.strip())} rather than "
-                 f"{esc(right.text.strip())}.",
+    return Claim(md("The model completes {} with {} rather than {}.", tok(p.prompt.canonical), wrong.text.strip(),
+                    right.text.strip()),
                  "whole-answer probability of the misconception above the correct answer's",
-                 f"P({tok(wrong.text)}) = {prob(wrong.answer_prob, 2)}, P({tok(right.text)}) = {prob(right.answer_prob, 2)}",
+                 md("P({}) = {}, P({}) = {}", tok(wrong.text), prob(wrong.answer_prob, 2), tok(right.text),
+                    prob(right.answer_prob, 2)),
                  SUPPORTED if wrong.answer_prob > right.answer_prob else CONTRADICTED)
 
 
 def doubles_contexts(r: Results, c: ClaimsParams, p: Params) -> Claim:
     ex = r.patching.examples
-    wrong = esc(r.lens.misconception.text.strip())
-    return Claim(f"The error is not one prompt's: examples of doubles lead the model to {wrong}.",
-                 f"greedy answer {wrong} after the contexts of two doubles in the study's format, the rate's "
-                 f"interval over contexts above {pct(c.majority, 0)}",
-                 f"{est(ex.error_rate)} of {ex.n_contexts} contexts", above(ex.error_rate, c.majority))
+    wrong = r.lens.misconception.text.strip()
+    return Claim(md("The error is not one prompt's: examples of doubles lead the model to {}.", wrong),
+                 md("greedy answer {} after the contexts of two doubles in the study's format, the rate's interval "
+                    "over contexts above {}", wrong, pct(c.majority, 0)),
+                 md("{} of {} contexts", est(ex.error_rate), ex.n_contexts), above(ex.error_rate, c.majority))
 
 
 def lens_correct_low(r: Results, c: ClaimsParams, p: Params) -> Claim:
@@ -105,7 +108,7 @@ def lens_correct_low(r: Results, c: ClaimsParams, p: Params) -> Claim:
     peak = max(right.prob_by_layer)
     return Claim(f"The correct answer stays below {pct(c.study.correct_lens_max)} at every layer (logit lens).",
                  "highest lens probability of the correct answer's first token, over layers, below that bound",
-                 f"{prob(peak, 2)} at layer {right.peak_layer} ({tok(right.first_token)})",
+                 md("{} at layer {} ({})", prob(peak, 2), right.peak_layer, tok(right.first_token)),
                  SUPPORTED if peak < c.study.correct_lens_max else CONTRADICTED)
 
 
@@ -115,7 +118,7 @@ def lens_late(r: Results, c: ClaimsParams, p: Params) -> Claim:
     return Claim(f"The misconception rises in the late layers (GPT-2 small: layers {first}–{last} of "
                  f"{c.study.n_layers}).",
                  f"its lens probability peaks at or after {pct(c.late_layers, 0)} of the depth",
-                 f"peaks at layer {wrong.peak_layer} of {n} ({prob(max(wrong.prob_by_layer), 2)})",
+                 md("peaks at layer {} of {} ({})", wrong.peak_layer, n, prob(max(wrong.prob_by_layer), 2)),
                  SUPPORTED if wrong.peak_layer >= c.late_layers * (n - 1) else CONTRADICTED)
 
 
@@ -151,8 +154,8 @@ def head_attends(r: Results, c: ClaimsParams, p: Params) -> Claim:
     return Claim("A head attends from the final position to the previous example's answer.",
                  f"the strongest head's mean attention over the family, its interval's lower end at least "
                  f"{num(c.attends, 2)}",
-                 f"{head(top.layer, top.head)}: {num(top.family_mean, 3)} {ci(top.family_low, top.family_high, lambda x: num(x, 3))} "
-                 f"over {fam.n_prompts} prompts", verdict)
+                 md("{}: {} {} over {} prompts", head(top.layer, top.head), num(top.family_mean, 3),
+                    ci(top.family_low, top.family_high, lambda x: num(x, 3)), fam.n_prompts), verdict)
 
 
 def head_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
@@ -165,7 +168,8 @@ def head_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
         return Claim(text, rule, "no head attends by that rule", CONTRADICTED)
     dla = hd.copy_dla_family
     scored = [(h, dla.mean[h.layer][h.head], dla.low[h.layer][h.head], dla.high[h.layer][h.head]) for h in attending]
-    measured = "; ".join(f"{head(h.layer, h.head)}: copy DLA {num(m, 2)} {ci(lo, hi, signed)}" for h, m, lo, hi in scored)
+    measured = Md("; ").join(md("{}: copy DLA {} {}", head(h.layer, h.head), num(m, 2), ci(lo, hi, signed))
+                             for h, m, lo, hi in scored)
     verdict = (SUPPORTED if any(lo > 0 for *_, lo, _ in scored) else
                CONTRADICTED if all(hi < 0 for *_, hi in scored) else INCONCLUSIVE)
     return Claim(text, rule, measured, verdict)
@@ -179,9 +183,10 @@ def induction_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
     ablated = [a for a in hd.ablations if hd.induction_score[a.layer][a.head] >= c.induction_score]
     if not ablated:
         return Claim(text, rule, "no head with that induction score was ablated", NOT_TESTABLE)
-    measured = "; ".join(
-        f"{head(a.layer, a.head)} (induction {num(hd.induction_score[a.layer][a.head], 2)}): "
-        f"ΔP(copy) {est(a.family['copy'], lambda x: num(x, 3))}, ΔP(correct) {est(a.family['correct'], lambda x: num(x, 3))}"
+    measured = Md("; ").join(
+        md("{} (induction {}): ΔP(copy) {}, ΔP(correct) {}", head(a.layer, a.head),
+           num(hd.induction_score[a.layer][a.head], 2), est(a.family["copy"], lambda x: num(x, 3)),
+           est(a.family["correct"], lambda x: num(x, 3)))
         for a in ablated)
     verdicts = [below(a.family["copy"]) for a in ablated]
     verdict = SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED} else INCONCLUSIVE
@@ -206,13 +211,12 @@ def head_ablation_error(r: Results, c: ClaimsParams, p: Params) -> Claim:
         mean = s.ablation.joint["mean"]
         d = mean.delta_error_rate
         heads = ", ".join(head(l, h) for l, h in s.ablation.heads)
-        parts.append(f"{esc(s.name)} set, {heads}: error rate {est(mean.error_rate)} after ablation, change "
-                     f"{points(d)} (p = {num(d.p_value, 3)}); random heads p = "
-                     f"{num(s.ablation.p_value, 3)}")
+        parts.append(md("{} set, {}: error rate {} after ablation, change {} (p = {}); random heads p = {}", s.name,
+                        heads, est(mean.error_rate), points(d), num(d.p_value, 3), num(s.ablation.p_value, 3)))
         effect = below(d) == SUPPORTED and d.p_value < c.alpha and s.ablation.p_value < c.alpha
         verdicts.append(SUPPORTED if effect else CONTRADICTED if above(d) == SUPPORTED else INCONCLUSIVE)
     verdict = SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED} else INCONCLUSIVE
-    return Claim(text, rule, "; ".join(parts), verdict)
+    return Claim(text, rule, Md("; ").join(parts), verdict)
 
 
 # --- SAE features -----------------------------------------------------------------------
@@ -221,9 +225,9 @@ def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     sa, out = r.sae, []
     wrong, right = sa.answers["misconception"], sa.answers["correct"]  # first distinguishing tokens
     for name, s in sa.saes.items():
-        text = (f"An SAE feature promotes {esc(r.lens.misconception.text.strip())} and suppresses "
-                f"{esc(r.lens.correct.text.strip())} ({esc(name)}; study: "
-                f"{num(c.study.feature_logit_misconception, 1)} and {num(c.study.feature_logit_correct, 1)} logits).")
+        text = md("An SAE feature promotes {} and suppresses {} ({}; study: {} and {} logits).",
+                  r.lens.misconception.text.strip(), r.lens.correct.text.strip(), name,
+                  num(c.study.feature_logit_misconception, 1), num(c.study.feature_logit_correct, 1))
         rule = ("of all latents, the one whose attribution favours the misconception most has a direct logit "
                 "contribution above 0 to the misconception and below 0 to the correct answer")
         if not s.top_favouring_error:
@@ -231,8 +235,8 @@ def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
             continue
         f = s.features[str(s.top_favouring_error[0])]
         up, down = f.logit_contribution["misconception"], f.logit_contribution["correct"]
-        out.append(Claim(text, rule, f"#{f.id} (attribution {num(f.attribution, 2)}): {num(up, 2)} logits to "
-                         f"{tok(wrong)}, {num(down, 2)} to {tok(right)}",
+        out.append(Claim(text, rule, md("#{} (attribution {}): {} logits to {}, {} to {}", f.id, num(f.attribution, 2),
+                                        num(up, 2), tok(wrong), num(down, 2), tok(right)),
                          SUPPORTED if up > 0 > down else CONTRADICTED))
     return out
 
@@ -240,7 +244,8 @@ def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
 def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     out = []
     for name in r.sae.saes:
-        text = f"Ablating that feature lowers the error (study: {num(100 * c.study.feature_ablation, 1)} points) ({esc(name)})."
+        text = md("Ablating that feature lowers the error (study: {} points) ({}).", num(100 * c.study.feature_ablation, 1),
+                  name)
         rule = ("on an error set the model makes, zero-ablating the latents that most favour the error lowers the "
                 f"logit difference (paired interval below 0, p < {num(c.alpha, 2)}) more than random latents of "
                 f"matched activation do (p < {num(c.alpha, 2)})")
@@ -250,9 +255,9 @@ def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
             continue
         verdicts = [SUPPORTED if below(e.ablated) == SUPPORTED and e.ablated.p_value < c.alpha and e.p_value < c.alpha
                     else CONTRADICTED if above(e.ablated) == SUPPORTED else INCONCLUSIVE for _, e in effects]
-        measured = "; ".join(f"{esc(s.name)} set, latents {', '.join(f'#{l}' for l in e.top)}: ΔLD "
-                             f"{est(e.ablated, signed)} (p = {num(e.ablated.p_value, 3)}); random latents p = "
-                             f"{num(e.p_value, 3)}" for s, e in effects)
+        measured = Md("; ").join(md("{} set, latents {}: ΔLD {} (p = {}); random latents p = {}", s.name,
+                                    ", ".join(f"#{l}" for l in e.top), est(e.ablated, signed), num(e.ablated.p_value, 3),
+                                    num(e.p_value, 3)) for s, e in effects)
         verdict = (SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED}
                    else INCONCLUSIVE)
         out.append(Claim(text, rule, measured, verdict))
@@ -267,7 +272,7 @@ def reported_feature(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     for name, s in r.sae.saes.items():
         for fid in s.reported:
             f = s.features[str(fid)]
-            out.append(Claim(text.replace(f"#{c.study.feature}", f"#{fid}").rstrip(".") + f" ({esc(name)}).", rule,
+            out.append(Claim(text.replace(f"#{c.study.feature}", f"#{fid}").rstrip(".") + f" ({name}).", rule,
                              f"activation {num(f.activation, 2)} (rank {f.activation_rank} of {s.d_sae})",
                              SUPPORTED if f.activation > 0 else CONTRADICTED))
     return out or [Claim(text, rule, "the study's feature is a latent of GPT-2 small's SAEs; this model has none",
@@ -283,8 +288,8 @@ def errors_few_shot(r: Results, c: ClaimsParams, p: Params) -> Claim:
     return Claim(f"Errors are rare zero-shot ({pct(c.study.error_zero_shot)}) and common few-shot "
                  f"({pct(c.study.error_few_shot)}).",
                  "few-shot minus zero-shot error probability on the same queries, paired by context, above 0",
-                 f"zero-shot {est(zero.error_prob['all'])}, few-shot {est(few.error_prob['all'])}; difference "
-                 f"{points(diff)}", above(diff))
+                 md("zero-shot {}, few-shot {}; difference {}", est(zero.error_prob["all"]), est(few.error_prob["all"]),
+                    points(diff)), above(diff))
 
 
 def carry_harder(r: Results, c: ClaimsParams, p: Params) -> Claim:
@@ -297,7 +302,7 @@ def carry_harder(r: Results, c: ClaimsParams, p: Params) -> Claim:
     return Claim("Sums with a carry are harder.",
                  "accuracy without a carry minus with one above 0 in every condition (few-shot: interval over "
                  "contexts; a single context: exact over the grid)",
-                 "; ".join(f"{CONDITION_NAMES[k]} {points(v.carry_gap)}" for k, v in conditions.items()),
+                 Md("; ").join(md("{} {}", CONDITION_NAMES[k], points(v.carry_gap)) for k, v in conditions.items()),
                  verdict)
 
 
@@ -307,7 +312,7 @@ def nine_plus_nine(r: Results, c: ClaimsParams, p: Params) -> Claim:
     rule = f"few-shot error probability of 9 + 9, its interval over contexts above {pct(c.majority, 0)}"
     if item is None:
         return Claim(text, rule, "9 + 9 is outside this build's operands", NOT_TESTABLE)
-    return Claim(text, rule, f"{est(item.error_prob)} over {len(item.answers)} contexts",
+    return Claim(text, rule, md("{} over {} contexts", est(item.error_prob), len(item.answers)),
                  above(item.error_prob, c.majority))
 
 
@@ -318,7 +323,8 @@ def sequence_errors(r: Results, c: ClaimsParams, p: Params) -> Claim:
     rule = "few-shot: the share of wrong answers that do, its interval over contexts above the chance rate"
     if seq.mean is None:
         return Claim(text, rule, "the model makes no few-shot error", NOT_TESTABLE)
-    return Claim(text, rule, f"{est(seq)} of {few.n_wrong} wrong answers; chance {pct(chance)}", above(seq, chance))
+    return Claim(text, rule, md("{} of {} wrong answers; chance {}", est(seq), few.n_wrong, pct(chance)),
+                 above(seq, chance))
 
 
 def examples_not_frequency(r: Results, c: ClaimsParams, p: Params) -> Claim:
@@ -326,19 +332,19 @@ def examples_not_frequency(r: Results, c: ClaimsParams, p: Params) -> Claim:
     alone = ex.p["without_examples"]["misconception"]
     wrong = r.lens.misconception.text
     prior = fq.prior[fq.numbers.index(fq.misconception)]
-    return Claim(f"The examples, not the frequency of {esc(wrong.strip())}, make it likely.",
-                 f"P({tok(wrong)}) after the contexts of two doubles, its interval over contexts above its "
-                 "probability after the query alone",
-                 f"prior {prob(prior, 2)}, query alone {prob(alone, 2)}, after examples "
-                 f"{est(ex.p_misconception, lambda x: prob(x, 2))}", above(ex.p_misconception, alone))
+    return Claim(md("The examples, not the frequency of {}, make it likely.", wrong.strip()),
+                 md("P({}) after the contexts of two doubles, its interval over contexts above its probability after "
+                    "the query alone", tok(wrong)),
+                 md("prior {}, query alone {}, after examples {}", prob(prior, 2), prob(alone, 2),
+                    est(ex.p_misconception, lambda x: prob(x, 2))), above(ex.p_misconception, alone))
 
 
 def spacing(r: Results, c: ClaimsParams, p: Params) -> Claim:
     first = next(iter(r.sae.saes.values()))
-    values = ", ".join(f"{esc(k)} {prob(v.p_correct, 2)}" for k, v in first.spacing.items())
+    values = Md(", ").join(md("{} {}", k, prob(v.p_correct, 2)) for k, v in first.spacing.items())
     return Claim("Spacing does not change the behaviour.",
                  "a distribution of prompts in each spacing (not measured: one prompt each)",
-                 f"P(correct) on the canonical prompt: {values}", NOT_TESTABLE)
+                 md("P(correct) on the canonical prompt: {}", values), NOT_TESTABLE)
 
 
 CLAIMS: tuple[Callable[..., Claim | list[Claim]], ...] = (
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     with exit_on_params_error():
         params = load_params()
     for claim in evaluate(load(model, Path("data")), params):
-        print(f"[{claim.verdict}] {claim.claim}\n    rule: {claim.rule}\n    measured: {claim.measured}")
+        print(f"[{claim.verdict}] {plain(claim.claim)}\n    rule: {plain(claim.rule)}\n    measured: {plain(claim.measured)}")
 
 
 if __name__ == "__main__":

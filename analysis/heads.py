@@ -25,12 +25,14 @@ Every head is measured, and the data name the heads:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import (Level, Name, Prob, Schema, StagePaths, StageResults, load_json, load_tensors,
+                                save_json, save_tensors)
 from analysis.params import Params
 from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.arithmetic import parse_arithmetic
@@ -230,10 +232,10 @@ class Interval(Schema):
 class HeadSummary(Schema):
     layer: int
     head: int
-    context_answer_attention: float  # canonical prompt, to the previous example's answer
-    family_mean: float
-    family_low: float
-    family_high: float
+    context_answer_attention: Prob  # canonical prompt, to the previous example's answer
+    family_mean: Prob
+    family_low: Prob
+    family_high: Prob
     induction_score: float
     prev_token_score: float
     dla: float  # canonical: logit(misconception) - logit(correct)
@@ -243,28 +245,29 @@ class HeadSummary(Schema):
 class ConfiguredHead(Schema):
     layer: int
     head: int
-    to_previous_answer: float  # canonical prompt, final position
-    to_current_operands: float  # both operands of the query, summed
-    to_each_operand: list[float]
+    to_previous_answer: Prob  # canonical prompt, final position
+    to_current_operands: Prob  # both operands of the query, summed
+    to_each_operand: list[Prob]
     rank_by_family_attention: int  # 1 = the strongest head
 
 
 class SpacingAttention(Schema):
     prompt: str
-    to_previous_answer: list[float]  # for each of figure_heads, at the final position
+    to_previous_answer: list[Prob]  # for each of figure_heads, at the final position
 
 
 class HeadAblation(Schema):
     layer: int
     head: int
-    roles: list[str]
+    roles: list[Literal["the study's head", "top induction", "attends to the previous answer",
+                         "pushes the misconception (DLA)"]]
     canonical: dict[str, float]  # change in first-token probability: correct, misconception
     family: dict[str, Estimate]  # mean change over the family: correct; copy (on the whole-copy prompts)
 
 
 class HeadsMetrics(StageResults):
-    model: str
-    ci_level: float
+    model: Name
+    ci_level: Level
     n_copy_prompts: int  # family prompts whose copy is one token after the context (prompts.whole_copy)
     n_layers: int
     n_heads: int
@@ -287,9 +290,9 @@ class HeadsMetrics(StageResults):
     configured_head: ConfiguredHead | None
     figure_heads: list[list[int]]  # the heads drawn in Figures 2 and 5, [layer, head]
     spacing: dict[str, SpacingAttention]  # the canonical prompt spaced otherwise (Figure 7)
-    ablation: str  # zero | mean
-    base_canonical: dict[str, float]  # first-token probabilities without ablation
-    base_family: dict[str, float]  # their means over the family
+    ablation: Literal["zero", "mean"]
+    base_canonical: dict[str, Prob]  # first-token probabilities without ablation
+    base_family: dict[str, Prob]  # their means over the family
     ablations: list[HeadAblation]
     family_examples: list[str]
 

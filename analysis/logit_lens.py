@@ -24,7 +24,8 @@ from jaxtyping import Bool, Float, Int
 from pydantic import model_validator
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import (Answer, Level, Name, Prob, Schema, StagePaths, StageResults, load_json, load_tensors,
+                                save_json, save_tensors)
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.report import quote_token
@@ -58,38 +59,38 @@ def compute_logit_lens(model, tokens: Int[Tensor, "batch pos"]) -> LensProbs:
 # --- results ---------------------------------------------------------------------------
 
 class CandidateLens(Schema):
-    text: str  # the answer string, e.g. " 10"
+    text: Answer  # the answer string, e.g. " 10"
     answer_tokens: list[str]  # its tokens after the shared context
     first_token: str  # the first distinguishing token: what the lens tracks
     first_token_id: int
-    prob_by_layer: list[float]
-    final_prob: float  # the model's own output probability of first_token
-    answer_prob: float  # P(the answer is exactly this number | context): its tokens, then no further digit
+    prob_by_layer: list[Prob]
+    final_prob: Prob  # the model's own output probability of first_token
+    answer_prob: Prob  # P(the answer is exactly this number | context): its tokens, then no further digit
     peak_layer: int
 
 
 class TopToken(Schema):
     token: str
     token_id: int
-    prob: float
+    prob: Prob
 
 
 class Band(Schema):
-    mean: list[float]  # per layer
-    low: list[float]
-    high: list[float]
+    mean: list[Prob]  # per layer
+    low: list[Prob]
+    high: list[Prob]
 
 
 class FamilyLens(Schema):
     n_prompts: int
-    ci_level: float
+    ci_level: Level
     correct: Band  # the right answer's first token
     n_copy_prompts: int  # the prompts whose copy is one token after the context (prompts.whole_copy)
     previous_answer: Band  # the previous example's answer's first token (a copy), on those prompts
 
 
 class LogitLensMetrics(StageResults):
-    model: str
+    model: Name
     model_label: str
     prompt_as_written: str
     prompt: str  # the context actually fed to the model

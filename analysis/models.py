@@ -88,7 +88,8 @@ def store_transposed(model) -> None:
 
 def check_shape(key: str, model, spec: ModelParams) -> None:
     cfg = model.cfg
-    actual = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab}
+    actual = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_model": cfg.d_model, "d_vocab": cfg.d_vocab,
+              "n_ctx": cfg.n_ctx}
     declared = spec.shape.model_dump()
     if actual != declared:
         raise ModelUnavailableError(
@@ -121,23 +122,108 @@ def hub_error(key: str, what: str, reason: str) -> ModelUnavailableError:
 
 def require_hub(key: str, what: str) -> None:
     """Raise at once, with the alternatives, when the hub cannot be reached."""
-    if os.environ.get("HF_HUB_OFFLINE"):
-        return  # the user asked for the local Hugging Face cache; the loader says if it is incomplete
+    if offline():
+        return  # the user asked for the local Hugging Face cache: check_hub_cache says what it lacks
     reason = hub_unreachable_reason()
     if reason:
         raise hub_error(key, what, reason)
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --- the Hugging Face cache, offline -----------------------------------------------------
+
+MODEL_FILES = (("config.json",), ("model.safetensors", "pytorch_model.bin"), ("tokenizer.json", "vocab.json"))
+SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+
+
+def hub_model_repo(spec: ModelParams) -> str:
+    """The repository TransformerLens downloads `hub_name` from (gpt2-small -> gpt2)."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    return get_official_model_name(spec.hub_name)
+
+
+def _cached(repo_id: str, filename: str) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename)
+    return Path(found) if isinstance(found, str) else None
+
+
+def damaged(path: Path) -> str | None:
+    """Why a cached file is damaged, or None: a blob named by its SHA-256 (the hub names
+    weights so) whose bytes hash otherwise, or a safetensors file shorter than its header says."""
+    blob = path.resolve()
+    if len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name) and _sha256(blob) != blob.name:
+        return "its SHA-256 is not the one the hub named it by"
+    if blob.suffix == ".safetensors" or path.suffix == ".safetensors":
+        data = blob.read_bytes()[:8]
+        header = int.from_bytes(data, "little") if len(data) == 8 else None
+        if header is None or blob.stat().st_size < 8 + header:
+            return "it is shorter than its own header says"
+    return None
+
+
+def _missing(repo_id: str, alternatives: list[tuple[str, ...]]) -> tuple[list[str], list[str]]:
+    """(files missing, files damaged) of a repository in the cache; each entry of
+    `alternatives` needs one of its names."""
+    missing, bad = [], []
+    for names in alternatives:
+        found = next((p for p in (_cached(repo_id, n) for n in names) if p is not None), None)
+        if found is None:
+            missing.append(f"{repo_id}/{names[0]}")
+        elif (why := damaged(found)) is not None:
+            bad.append(f"{found} ({why})")
+    return missing, bad
+
+
+def check_hub_cache(key: str, spec: ModelParams, with_saes: bool) -> None:
+    """With HF_HUB_OFFLINE set, check before anything loads that the Hugging Face cache holds
+    the model's files (and its SAEs', for a stage that reads them), whole; else raise with
+    one message naming what is missing or damaged and how to get it."""
+    if spec.source != "hub" or not offline():
+        return
+    from sae_lens.loading.pretrained_saes_directory import get_repo_id_and_folder_name
+
+    repo = hub_model_repo(spec)
+    missing, bad = _missing(repo, list(MODEL_FILES))
+    fetch = [f"huggingface-cli download {repo}"]
+    for name, sae in (spec.saes.items() if with_saes else ()):
+        if sae.source != "pretrained":
+            continue
+        sae_repo, folder = get_repo_id_and_folder_name(sae.release, sae.sae_id)
+        more, worse = _missing(sae_repo, [(f"{folder}/{f}",) for f in SAE_FILES])
+        missing, bad = missing + more, bad + worse
+        if more or worse:
+            fetch.append(f"huggingface-cli download {sae_repo} " + " ".join(f"'{folder}/{f}'" for f in SAE_FILES))
+    if missing or bad:
+        home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        what = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
+                                        f"damaged {', '.join(bad)}" if bad else ""]))
+        raise ModelUnavailableError(
+            f"{key}: HF_HUB_OFFLINE is set, and the Hugging Face cache ({home}/hub) is incomplete: {what}. "
+            f"Nothing was computed. With the hub reachable, unset HF_HUB_OFFLINE and run `make gpt2` again (it "
+            f"downloads what is missing; delete a damaged file first), or fetch them: {'; '.join(fetch)}.")
 
 
 def load_hub_model(key: str, spec: ModelParams, device: str):
     from transformer_lens import HookedTransformer
 
     require_hub(key, f"the weights of {spec.hub_name!r}")
+    check_hub_cache(key, spec, with_saes=False)
     try:
         return HookedTransformer.from_pretrained(
             spec.hub_name, device=device, default_prepend_bos=spec.prepend_bos
         )
     except OSError as exc:  # transformers and huggingface_hub raise OSError subclasses
         raise hub_error(key, f"the weights of {spec.hub_name!r}", str(exc).splitlines()[0]) from exc
+    except Exception as exc:  # e.g. a weights file safetensors cannot read
+        raise ModelUnavailableError(f"{key}: the weights of {spec.hub_name!r} could not be loaded "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                                    "nothing was computed") from exc
 
 
 # --- a GGUF file inside an installed package -------------------------------------------

@@ -52,13 +52,16 @@ context of two doubles in the study's format (doubles_contexts).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
+from pydantic import Field
 from torch import Tensor
 
 from analysis.arithmetic import PromptPair, copy_pairs, sequence_pairs
-from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import (Hook, Name, Schema, StagePaths, StageResults, load_json, load_tensors, save_json,
+                                save_tensors)
 from analysis.params import Params, hook_layer
 from analysis.plotting import COLORS, error_bars, styled
 from analysis.prompts import PreparedPrompt, equal_length_batches, prepare_prompt
@@ -502,8 +505,11 @@ class Ablation(Schema):
     p_value: float  # share of random draws that lower LD at least as much (with the +1 correction)
 
 
+NodeName = Annotated[str, Field(pattern=r"^(L\d{1,3}H\d{1,3}|MLP\d{1,3}|logits)$")]
+
+
 class CircuitNode(Schema):
-    name: str
+    name: NodeName
     layer: int
     head: int | None  # None: the layer's MLP
     effect: Estimate  # normalised exact patching effect, every path
@@ -511,8 +517,8 @@ class CircuitNode(Schema):
 
 
 class CircuitEdge(Schema):
-    sender: str
-    receiver: str
+    sender: NodeName
+    receiver: NodeName
     effect: Estimate  # normalised: only the receiver sees the sender's clean output
 
 
@@ -532,7 +538,7 @@ class Cases(Schema):
     n_right: int
     lens_error: list[Estimate]  # per layer: the logit lens's LD at the final position
     lens_right: list[Estimate]
-    heads: list[str]  # the heads ranked by attribution
+    heads: list[NodeName]  # the heads ranked by attribution
     attention_error: list[Estimate]  # per head: attention from the final position to the changed tokens
     attention_right: list[Estimate]
 
@@ -541,8 +547,8 @@ class LatentEffect(Schema):
     """SAE latents on the error set: attribution over every latent, then the latents that
     most favour the error (patching them clean lowers LD the most) patched and ablated."""
 
-    sae: str
-    hook: str
+    sae: Name
+    hook: Hook
     n_latents: int
     top: list[int]  # by normalised attribution, largest first
     attribution: list[float]  # normalised (by the set's mean gap), per top latent
@@ -557,23 +563,23 @@ class Peak(Schema):
     """The largest mean effect of a residual-stream patching map, where it is, with its interval."""
 
     layer: int
-    site: str
+    site: Annotated[str, Field(pattern=r"^(changed|-\d{1,3})$")]
     effect: Estimate  # normalised
 
 
 class SetResult(Schema):
-    name: str
+    name: Name
     description: str
     n_pairs: int
     n_dropped: int  # pairs whose two prompts tokenize to different lengths
     n_patched: int  # pairs on which patching and ablation run
-    patched_on: str  # which pairs those are
+    patched_on: Literal["pairs where the model gives the error", "the first pairs (too few errors to patch)"]
     examples: list[list[str]]  # [corrupt, clean, error, correct] for the first pairs
     corrupt: Behaviour
     clean: Behaviour
     error_gap: PairedEstimate  # error rate, corrupt minus clean context, paired by pair
     mean_gap: float  # mean(LD_clean - LD_corrupt): the normaliser
-    sites: list[str]  # residual-stream sites: "changed", then positions from the end
+    sites: list[Annotated[str, Field(pattern=r"^(changed|-\d{1,3})$")]]  # "changed", then positions from the end
     site_tokens: list[str]  # the first pair's corrupt token at each site
     resid_exact: list[list[float]]  # (layer, site), normalised mean
     resid_reverse: list[list[float]]  # (layer, site), corrupt into clean: 0 is the clean run, 1 the corrupt one
@@ -608,7 +614,7 @@ class ExamplesResult(Schema):
 
 
 class PatchingMetrics(StageResults):
-    model: str
+    model: Name
     n_layers: int
     n_heads: int
     ci_level: float

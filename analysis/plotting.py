@@ -26,6 +26,7 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.3,
     "figure.dpi": 100,
+    "text.parse_math": False,  # labels hold tokens from results files: '$' is a dollar sign, never TeX
 }
 
 

@@ -4,7 +4,8 @@
     python -m analysis.pull --model gpt2-small   # one model
 
 Without --model, the models whose results dvc.lock records are pulled; a model never
-computed (gpt2-small, without the hub) is named and skipped. For each model this runs
+computed (gpt2-small, without the hub) is named and skipped. The default remote is made to
+verify what it hands over (`verify = true`), so an object altered on the remote is refused. For each model this runs
 `dvc pull --with-deps paper@<model>`, after checking what plain `dvc pull` would only
 report as "Everything is up to date." or "Is your cache up to date?": that a default
 remote is configured, that a local remote exists on this machine, and that the model's
@@ -53,6 +54,17 @@ def default_remote() -> tuple[str, str]:
     raise PullError(f"the default DVC remote {name!r} has no url. {REMOTE_HELP}", 5)
 
 
+def ensure_verify(name: str) -> None:
+    """Pulled objects are checked against their hashes only where the remote sets `verify`
+    (DVC's default is off for most remotes: an HTTP remote would hand over whatever a writer
+    of the remote put there). Turn it on for this remote, in .dvc/config.local, and say so."""
+    if _dvc("config", f"remote.{name}.verify").stdout.strip().lower() == "true":
+        return
+    _dvc("remote", "modify", "--local", name, "verify", "true")
+    print(f"remote {name!r}: set verify = true (.dvc/config.local), so that every pulled object is checked "
+          "against its hash", file=sys.stderr)
+
+
 def check_local_remote(name: str, url: str) -> None:
     if urlparse(url).scheme not in ("", "file"):
         return  # s3, gs, ssh, ...: DVC reports its own connection errors
@@ -95,7 +107,8 @@ def pull_model(model: str, remote: tuple[str, str], recorded: set[str]) -> None:
     if missing:
         shown = "\n  ".join(missing)
         raise PullError(
-            f"{model}: {len(missing)} output(s) are in dvc.lock but not in the remote {remote[0]!r} ({remote[1]}):\n  "
+            f"{model}: {len(missing)} output(s) are in dvc.lock but missing from the remote {remote[0]!r} ({remote[1]}), "
+            f"or altered there (their hash does not match dvc.lock's, and `verify` refused them):\n  "
             f"{shown}\nThe machine that computed them must run `dvc push`; or rebuild them here with "
             f"`dvc repro paper@{model}`.", 6)
     raise PullError(f"{model}: dvc pull failed:\n{result.stderr.strip() or result.stdout.strip()}", 6)
@@ -111,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         remote = default_remote()
         check_local_remote(*remote)
+        ensure_verify(remote[0])
     except PullError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(exc.status) from None

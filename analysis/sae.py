@@ -28,13 +28,16 @@ For each SAE, at the final position of the canonical prompt:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 from jaxtyping import Float, Int
+from pydantic import Field
 from torch import Tensor
 
 from analysis import saes
-from analysis.artifacts import Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import (Hook, HubId, Level, Name, Prob, Schema, StagePaths, StageResults, load_json,
+                                load_tensors, save_json, save_tensors)
 from analysis.params import Params, SaeParams, hook_layer
 from analysis.plotting import COLORS, ablation_bars, styled
 from analysis.report import quote_token
@@ -166,23 +169,23 @@ class Feature(Schema):
     top_suppressed: list[TokenEffect]
     ablation_canonical: dict[str, float]  # change in first-token probability: correct, misconception
     ablation_family: dict[str, Estimate]  # correct, copy
-    neuronpedia_url: str | None
+    neuronpedia_url: Annotated[str, Field(pattern=r"^https://www\.neuronpedia\.org/[A-Za-z0-9._/-]+$")] | None
 
 
 class SpacingResult(Schema):
     prompt: str
-    p_correct: float  # P(exactly the right number)
-    p_misconception: float
+    p_correct: Prob  # P(exactly the right number)
+    p_misconception: Prob
     activations: dict[str, float]  # feature id -> activation at the final position
 
 
 class SaeResult(Schema):
-    source: str
-    hook: str
+    source: Literal["trained", "pretrained"]
+    hook: Hook
     d_sae: int
-    release: str | None
-    sae_id: str | None
-    neuronpedia: str | None
+    release: HubId | None
+    sae_id: HubId | None
+    neuronpedia: HubId | None
     quality: saes.Quality
     metric: float  # the attribution metric on the canonical prompt, SAE spliced with error
     n_active: int
@@ -196,12 +199,12 @@ class SaeResult(Schema):
 
 
 class SaeMetrics(StageResults):
-    model: str
-    ci_level: float
+    model: Name
+    ci_level: Level
     prompt: str
     control_prompt: str
-    attribution_metric: str
-    ablation: str
+    attribution_metric: Literal["logit_diff", "prob_diff"]
+    ablation: Literal["zero", "mean"]
     answers: dict[str, str]  # first distinguishing tokens: correct, misconception
     n_family_prompts: int
     saes: dict[str, SaeResult]

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
-from analysis.artifacts import Schema, StagePaths, StageResults, load_json, record_read
-from analysis.models import hub_error, require_hub
+from analysis.artifacts import Hook, HubId, Name, Schema, StagePaths, StageResults, load_json, record_read
+from analysis.models import ModelUnavailableError, hub_error, require_hub
 from analysis.params import SaeParams
 
 STAGE = "sae_train"  # the stage whose results these are
@@ -31,6 +33,9 @@ def load_sae(key: str, name: str, spec: SaeParams, train_dir: Path, device: str 
         return SAE.from_pretrained(spec.release, spec.sae_id, device=device)
     except OSError as exc:
         raise hub_error(key, f"the SAE {spec.release}/{spec.sae_id}", str(exc).splitlines()[0]) from exc
+    except Exception as exc:  # e.g. a weights file safetensors cannot read
+        raise ModelUnavailableError(f"{key}: the SAE {spec.release}/{spec.sae_id} could not be loaded "
+                                    f"({type(exc).__name__}); nothing was computed") from exc
 
 
 def splice(sae, error: bool = True, edit: Callable[[Tensor], Tensor] | None = None,
@@ -69,22 +74,22 @@ class Quality(Schema):
 
 
 class SaeRecord(Schema):
-    source: str
-    hook: str
+    source: Literal["trained", "pretrained"]
+    hook: Hook
     d_in: int
     d_sae: int
-    architecture: str
-    release: str | None
-    sae_id: str | None
-    neuronpedia: str | None
-    training: dict[str, float | int | str] | None
+    architecture: Literal["standard", "topk", "batchtopk", "jumprelu", "gated"]
+    release: HubId | None
+    sae_id: HubId | None
+    neuronpedia: HubId | None
+    training: dict[str, float | int | Literal["topk"]] | None
     quality: Quality
 
 
 class CorpusRecord(Schema):
     prose_source: str
-    prose_sha256: str
-    python_version: str
+    prose_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    python_version: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")]
     context_size: int
     n_train_windows: int
     n_heldout_windows: int
@@ -93,7 +98,7 @@ class CorpusRecord(Schema):
 
 
 class SaeTrainMetrics(StageResults):
-    model: str
+    model: Name
     corpus: CorpusRecord
     saes: dict[str, SaeRecord]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, overridden
+from helpers import REPO, base_env, copy_working_tree, overridden
 
 from analysis.params import stages
 
@@ -55,13 +55,6 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bo
     return result
 
 
-def base_env(cwd: Path) -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    environ = {k: v for k, v in os.environ.items() if k != "ARITH_NATIVE_NUMERICS"}  # pinned, as under `make`
-    return {**environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
-            "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
-
-
 def outputs(repo: Path) -> dict[str, str]:
     """Every stage output of the lock file, path -> md5."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
@@ -73,17 +66,6 @@ def contents(path: Path) -> dict[str, bytes]:
     if path.is_dir():
         return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
     return {"": path.read_bytes()}
-
-
-def copy_working_tree(dst: Path) -> None:
-    """The files git would commit (tracked, and untracked but not ignored), as they are now."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dst / name)
 
 
 def git_commit(repo: Path, message: str) -> None:
@@ -212,9 +194,13 @@ def test_push_clone_pull_over_http_restores_everything_and_the_paper_builds_with
     assert html.read_bytes() == (repo / f"paper/_build/{MODEL}/index.html").read_bytes()
 
 
-def test_a_stage_killed_mid_write_leaves_no_partial_output_and_repro_recovers(workspace):
+def test_a_stage_killed_mid_write_keeps_every_old_output_and_repro_recovers(workspace):
+    """Outputs persist (dvc.yaml): DVC leaves them in place while a stage runs, and each is
+    replaced by a rename only when complete, so a stage killed mid-write under `dvc repro`
+    leaves every output as it was, never a partial file and never a deleted one."""
     repo, root = workspace["repo"], workspace["root"]
     before = outputs(repo)
+    contents_before = {path: contents(repo / path) for path in before}
     killer = root / "kill-on-rename"
     killer.mkdir()
     (killer / "sitecustomize.py").write_text(
@@ -230,18 +216,11 @@ def test_a_stage_killed_mid_write_leaves_no_partial_output_and_repro_recovers(wo
     env.update(PYTHONPATH=f"{killer}{os.pathsep}{repo}", KILL_ON_RENAME_TO=f"data/{MODEL}/heads.json")
     killed = run(["dvc", "repro", "--force", "--single-item", f"heads@{MODEL}"], repo, env, check=False)
     assert killed.returncode != 0
-    metrics = repo / f"data/{MODEL}/heads.json"
-    old = before[f"data/{MODEL}/heads.json"]
-    # the output is the old file or absent, never a partial one
-    if metrics.exists():
-        import hashlib
-        assert hashlib.md5(metrics.read_bytes()).hexdigest() == old
-    assert list(metrics.parent.glob(".heads.json.*.tmp"))  # the killed writer's temporary file
-    assert f"heads@{MODEL}" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
-
-    run(["dvc", "repro", f"paper@{MODEL}"], repo)  # DVC re-runs the stage or restores it from its cache
-    assert outputs(repo) == before  # the same bytes as the uninterrupted run
+    assert {path: contents(repo / path) for path in before} == contents_before  # every output whole and as it was
+    assert list((repo / f"data/{MODEL}").glob(".heads.json.*.tmp"))  # the killed writer's temporary file
     assert "up to date" in run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
+    assert "Running stage" not in run(["dvc", "repro", f"paper@{MODEL}"], repo).stdout
+    assert outputs(repo) == before
 
 
 def test_a_damaged_result_is_detected_refused_and_restored(workspace):
@@ -249,8 +228,8 @@ def test_a_damaged_result_is_detected_refused_and_restored(workspace):
     relative = f"data/{MODEL}/logit_lens.json"
     path = repo / relative
     good = path.read_bytes()
-    for damaged, expected in ((good[: len(good) // 2], "not valid JSON"),
-                              (b'{"model": "x"}\n', "does not match the LogitLensMetrics schema")):
+    for damaged in (good[: len(good) // 2], b'{"model": "x"}\n'):
+        expected = "that dvc.lock records"  # checked against its MD5 before any cell reads it
         path.write_bytes(damaged)
         status = run(["dvc", "status", "--with-deps", f"paper@{MODEL}"], repo).stdout
         assert "modified" in status and relative in status
@@ -280,7 +259,7 @@ def test_pull_says_which_remote_or_which_results_are_missing(workspace):
     run(["dvc", "remote", "modify", "--local", "local", "url", str(empty)], fresh)
     missing = run(pull, fresh, check=False)
     assert missing.returncode == 6
-    assert "not in the remote" in missing.stderr and f"data/{MODEL}/logit_lens.json" in missing.stderr
+    assert "missing from the remote" in missing.stderr and f"data/{MODEL}/logit_lens.json" in missing.stderr
     assert "`dvc push`" in missing.stderr
 
     never = run([sys.executable, "-m", "analysis.pull", "--model", "gpt2-small"], fresh, check=False)
@@ -358,3 +337,194 @@ def test_verify_agrees_with_the_results_and_names_a_number_changed_beyond_tolera
         path.write_text(good)
     assert changed.returncode == 1
     assert f"data/{MODEL}/heads.json.dla_total: " in changed.stdout and "1 out of tolerance" in changed.stdout
+
+
+def _served_copy_of_the_remote(workspace, name: str) -> Path:
+    """A copy of the pushed remote (an author's published folder), to alter without
+    touching the one other tests pull from."""
+    publish(workspace["repo"])
+    copy = workspace["root"] / name
+    shutil.copytree(workspace["remote"], copy)
+    return copy
+
+
+def _object_of(remote: Path, md5: str) -> Path:
+    [found] = [p for p in remote.rglob("*") if p.is_file() and p.parent.name + p.name == md5]
+    return found
+
+
+def test_an_object_altered_on_an_http_remote_is_refused_by_the_pull_and_by_the_paper(workspace):
+    """An attacker who can write to the remote replaces one object's bytes under its name.
+    Pulled with `make pull`, the remote verifies what it hands over and the pull refuses;
+    pulled with verification off, the paper build refuses the file (its MD5 is not dvc.lock's)."""
+    repo, root = workspace["repo"], workspace["root"]
+    remote = _served_copy_of_the_remote(workspace, "altered-remote")
+    relative = f"data/{MODEL}/patching.json"
+    altered = _object_of(remote, outputs(repo)[relative])
+    results = json.loads(altered.read_text())
+    results["sets"]["copy"]["description"] = "[click](javascript:alert(1)) altered on the remote"
+    altered.write_text(json.dumps(results))
+    clone = root / "altered-clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], root)
+    with http_server(remote) as url:
+        run(["dvc", "remote", "add", "--local", "-d", "web", url], clone)
+        refused = run([sys.executable, "-m", "analysis.pull", "--model", MODEL], clone, check=False)
+        assert refused.returncode == 6 and relative in refused.stderr and "altered there" in refused.stderr
+        assert "set verify = true" in refused.stderr
+        assert not (clone / relative).exists()
+        run(["dvc", "remote", "modify", "--local", "web", "verify", "false"], clone)
+        run(["dvc", "pull", "--with-deps", f"paper@{MODEL}"], clone)  # unverified, DVC takes the altered bytes
+    assert "altered on the remote" in (clone / relative).read_text()
+    built = run([sys.executable, "-m", "analysis.paper", "--model", MODEL], clone, check=False)
+    assert built.returncode == 4 and built.stderr.count("\n") == 1
+    assert f"{relative}: its MD5 is " in built.stderr and "that dvc.lock records" in built.stderr
+
+
+PAYLOADS = [
+    'x`<img src=x onerror=alert(1)><script>alert(1)</script><a href="javascript:alert(9)">j</a>'
+    '<img src="/etc/hostname">`{=html}',
+    'x`#text(fill: red)[INJECTED-TYPST] #read("paper.typst.md")`{=typst}',
+    "[click](javascript:alert(1)) ![i](/etc/hostname)",
+    "```` `` ` breaks out of code spans ` `` ```` <b onmouseover=alert(1)>b</b>",
+    "$\\input{/etc/hostname}$ {{< include /etc/hostname >}}",
+]
+
+
+def _string_leaves(value, where=()):
+    """(path, value) of every string in a parsed JSON value, and (path, key) of every key."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield ("key", (*where, key), key)
+            yield from _string_leaves(item, (*where, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _string_leaves(item, (*where, i))
+    elif isinstance(value, str):
+        yield ("string", where, value)
+
+
+def _planted(document, path, payload, as_key=False):
+    import copy
+
+    document = copy.deepcopy(document)
+    node = document
+    for part in path[:-1]:
+        node = node[part]
+    if as_key:
+        node[payload] = node.pop(path[-1])
+    else:
+        node[path[-1]] = payload
+    return document
+
+
+def test_payloads_in_every_results_string_and_key_never_become_markup(workspace, tmp_path):
+    """Every string field and every dictionary key of every results file the paper reads:
+    a planted key is refused naming the file and the field; a planted string is refused the
+    same way (a field that only takes names or numbers) or reaches both formats as text,
+    never as a tag, a handler, a non-https link, an embedded file or typst code."""
+    from analysis import behaviour, heads, logit_lens, paper, patching, sae, saes
+    from analysis.artifacts import ArtifactError, StagePaths
+
+    repo = workspace["repo"]
+    clone = tmp_path / "repo"
+    shutil.copytree(repo, clone, ignore=shutil.ignore_patterns(".dvc"))
+    shutil.copytree(repo / ".dvc", clone / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    readers = {"logit_lens": logit_lens.load_results, "heads": heads.load_results, "behaviour": behaviour.load_results,
+               "sae_train": saes.load_results, "sae": sae.load_results, "patching": patching.load_results}
+    planted, refused, rendered = {}, 0, 0
+    for stage, read in readers.items():
+        paths = StagePaths(MODEL, stage, root=clone / "data")
+        document = json.loads(paths.results.read_text())
+        good = paths.results.read_text()
+        combined = document
+        for i, (kind, where, _) in enumerate(_string_leaves(document)):
+            if where and where[0] == "work":
+                continue
+            payload = PAYLOADS[i % len(PAYLOADS)]
+            trial = _planted(document, where, payload, as_key=kind == "key")
+            paths.results.write_text(json.dumps(trial))
+            try:
+                read(paths)
+            except ArtifactError as exc:
+                message = str(exc)
+                field = ".".join(map(str, where[:-1] if kind == "key" else where)).split(".")[0]
+                assert message.startswith(f"{paths.results}: ") and field in message, message
+                assert len(message) < 600 and "\n" not in message
+                refused += 1
+                continue
+            assert kind == "string", f"{stage}: the key {where} took a payload"
+            combined = _planted(combined, where, payload)
+            rendered += 1
+        planted[stage] = combined
+        paths.results.write_text(good)
+    assert refused > 50 and rendered > 20
+    for stage, document in planted.items():  # the author's own results hold these strings: dvc commit them
+        StagePaths(MODEL, stage, root=clone / "data").results.write_text(json.dumps(document))
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())
+    import hashlib
+
+    for entry in lock["stages"].values():
+        for out in entry.get("outs", []):
+            if out["path"].endswith(".json") and (clone / out["path"]).is_file():
+                out["md5"] = hashlib.md5((clone / out["path"]).read_bytes()).hexdigest()
+    (clone / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    sources = []
+    real_render = paper.render
+
+    def render(markdown, meta, fmt, workdir, *args, **kwargs):
+        out = real_render(markdown, meta, fmt, workdir, *args, **kwargs)
+        if fmt == "typst":
+            sources.append((workdir / "index.typ").read_text())
+        return out
+
+    cwd = os.getcwd()
+    os.chdir(clone)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(paper, "render", render)
+            html_path, pdf_path = paper.build(MODEL, out_dir=tmp_path / "out")
+    finally:
+        os.chdir(cwd)
+    html = html_path.read_text()
+    import base64
+    import re
+
+    hostname = Path("/etc/hostname").read_bytes() if Path("/etc/hostname").exists() else b"no-hostname-file"
+    assert "onerror" in html  # the payloads are in the paper, as text
+    tags = re.findall(r"<[a-zA-Z][^<>]*>", html)
+    assert not [t for t in tags if re.search(r"\son\w+\s*=", t)], "an event handler in a tag"
+    assert not [t for t in tags if t.lower().startswith("<script")], "a script tag"
+    assert not re.search(r"(href|src)\s*=\s*[\"']?\s*javascript:", html, re.I)
+    assert hostname.strip().decode() not in html.replace("/etc/hostname", "") or len(hostname.strip()) < 4
+    assert base64.b64encode(hostname).decode()[:16] not in html
+    [typ] = sources
+    body = re.sub(r"`[^`]*`", "", typ.split("#show: doc => conf(")[1])
+    assert "#read(" not in body and "#text(fill" not in body
+    assert pdf_path.read_bytes().startswith(b"%PDF")
+
+
+def test_a_5_mb_string_or_an_impossible_probability_in_results_is_refused_naming_the_file_and_field(workspace):
+    repo = workspace["repo"]
+    relative = f"data/{MODEL}/logit_lens.json"
+    path = repo / relative
+    good = path.read_bytes()
+    lens = json.loads(good)
+    try:
+        for field, value, why in (("model_label", "x" * 5_000_000, "5,000,000 characters"),
+                                  ("correct.answer_prob", 1e308, "beyond any value")):
+            changed = json.loads(good)
+            node = changed
+            *parents, last = field.split(".")
+            for part in parents:
+                node = node[part]
+            node[last] = value
+            path.write_text(json.dumps(changed))
+            from analysis import logit_lens
+            from analysis.artifacts import ArtifactError, StagePaths
+
+            with pytest.raises(ArtifactError) as error:
+                logit_lens.load_results(StagePaths(MODEL, "logit_lens", root=repo / "data"))
+            assert str(error.value).startswith(f"{repo / relative}: {field}: ") and why in str(error.value)
+    finally:
+        path.write_bytes(good)
+    assert lens["model_label"]

@@ -138,10 +138,10 @@ def test_a_results_file_with_nan_or_infinity_is_refused_naming_the_field(tmp_pat
 
     path = tmp_path / "r.json"
     path.write_text('{"name": "x", "values": [0.5, NaN]}')
-    with pytest.raises(ArtifactError, match=r"r\.json: values\.1 is not a finite number"):
+    with pytest.raises(ArtifactError, match=r"r\.json: values\[1\]: not a finite number"):
         load_json(path, Result)
     path.write_text('{"name": "x", "values": [Infinity]}')
-    with pytest.raises(ArtifactError, match=r"values\.0 is not a finite number"):
+    with pytest.raises(ArtifactError, match=r"values\[0\]: not a finite number"):
         load_json(path, Result)
 
 
@@ -184,3 +184,60 @@ def test_a_folder_write_killed_at_any_step_leaves_the_old_folder_whole_or_none(t
         assert kill_at == "second rename"  # between the two renames: none, and the old one aside in a .tmp
     atomic_write_dir(target, write("new"))  # the next write cleans up what the killed one left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+class _Lens(artifacts.Schema):
+    label: str
+    count: int
+    prob: artifacts.Prob
+    by_name: dict[str, float]
+
+
+GOOD = {"label": "x", "count": 3, "prob": 0.25, "by_name": {"copy": 1.0}}
+HOSTILE_RESULTS = [
+    # (id, the file's text, the field named, why)
+    ("a 5 MB string", lambda: json.dumps({**GOOD, "label": "x" * 5_000_000}), "label", "5,000,000 characters"),
+    ("1e308 as a probability", lambda: json.dumps({**GOOD, "prob": 1e308}), "prob", "beyond any value"),
+    ("2 as a probability", lambda: json.dumps({**GOOD, "prob": 2.0}), "prob", "less than or equal to 1"),
+    ("a float for an integer", lambda: json.dumps({**GOOD, "count": 3.0}), "count", "valid integer"),
+    ("a string for a number", lambda: json.dumps({**GOOD, "prob": "0.25"}), "prob", "valid number"),
+    ("a key given twice", lambda: json.dumps(GOOD)[:-1] + ', "count": 4}', "", "the key 'count' appears twice"),
+    ("markup as a key", lambda: json.dumps({**GOOD, "by_name": {"<img src=x onerror=alert(1)>": 1.0}}), "by_name",
+     "is not a name a stage writes"),
+    ("nesting 100,000 deep", lambda: '{"label": ' + "[" * 100_000 + "]" * 100_000 + "}", "", "nested deeper"),
+    ("nesting 20 deep", lambda: json.dumps({**GOOD, "by_name": {"a": __import__("functools").reduce(
+        lambda v, _: [v], range(20), 1.0)}}), "by_name.a", "nested deeper than 16"),
+]
+
+
+@pytest.mark.parametrize(("text", "field", "why"), [c[1:] for c in HOSTILE_RESULTS], ids=[c[0] for c in HOSTILE_RESULTS])
+def test_hostile_results_are_refused_naming_the_file_and_the_field(tmp_path, text, field, why):
+    import time
+
+    from analysis.artifacts import ArtifactError, load_json
+
+    path = tmp_path / "lens.json"
+    path.write_text(text())
+    start = time.perf_counter()
+    with pytest.raises(ArtifactError) as error:
+        load_json(path, _Lens)
+    assert time.perf_counter() - start < 2
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and field in message and why in message, message
+    assert len(message) < 400 and "\n" not in message
+
+
+def test_two_writers_of_one_output_never_delete_each_others_temporary_files(tmp_path):
+    """Each writer's temporary file carries its process id; only a dead writer's is cleared."""
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom analysis.artifacts import save_json\n"
+              "for i in range(40):\n    save_json(sys.argv[1], {'writer': sys.argv[2], 'i': i, 'pad': 'x' * 200000})\n")
+    target = tmp_path / "out.json"
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(target), str(w)], stderr=subprocess.PIPE, text=True)
+               for w in range(2)]
+    errors = [w.communicate(timeout=120)[1] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0], errors
+    assert json.loads(target.read_text())["i"] == 39
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]

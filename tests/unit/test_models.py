@@ -128,3 +128,41 @@ def test_a_stage_that_cannot_write_its_outputs_stops_before_loading_the_model(tm
     assert "cannot write its outputs in data/smollm2-135m" in result.stderr and "model loaded" not in result.stderr
     assert time.monotonic() - start < 15
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "params.yaml", "smollm2-135m"]
+
+
+def test_a_cached_weights_file_that_is_damaged_is_named(tmp_path):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from analysis.models import damaged
+
+    weights = tmp_path / "w.safetensors"
+    save_file({"w": torch.ones(64)}, weights)
+    blob = tmp_path / hashlib.sha256(weights.read_bytes()).hexdigest()  # as the hub names its weights
+    weights.rename(blob)
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(blob.name)
+    assert damaged(link) is None
+    with blob.open("r+b") as handle:
+        handle.truncate(blob.stat().st_size - 10)
+    assert damaged(link) == "its SHA-256 is not the one the hub named it by"
+    other = tmp_path / "plain.safetensors"  # not named by its hash: its own header says how long it is
+    other.write_bytes((1000).to_bytes(8, "little") + b"{}")
+    assert damaged(other) == "it is shorter than its own header says"
+
+
+def test_offline_an_incomplete_cache_is_named_before_anything_loads(tmp_path, monkeypatch, params):
+    from analysis.models import ModelUnavailableError, check_hub_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ModelUnavailableError) as error:
+        check_hub_cache("gpt2-small", params.model("gpt2-small"), with_saes=True)
+    message = str(error.value)
+    assert message.startswith("gpt2-small: HF_HUB_OFFLINE is set, and the Hugging Face cache") and "\n" not in message
+    for missing in ("gpt2/config.json", "gpt2/model.safetensors", "jbloom/GPT2-Small-SAEs-Reformatted/"
+                    "blocks.9.hook_resid_pre/sae_weights.safetensors", "huggingface-cli download gpt2"):
+        assert missing in message
+    check_hub_cache("smollm2-135m", params.model("smollm2-135m"), with_saes=True)  # not a hub model: nothing to check

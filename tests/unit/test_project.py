@@ -36,7 +36,7 @@ def test_every_stage_depends_on_exactly_the_modules_it_imports_and_the_data_it_d
         modules = pipeline.paper_imports() if name == "paper" else pipeline.analysis_imports(module)
         data = pipeline.paper_reads("${key}") if name == "paper" else \
             pipeline.declared_reads(name, specs[name], "${key}")
-        files = list(pipeline.PAPER_FILES) if name == "paper" else []
+        files = pipeline.paper_files() if name == "paper" else []
         expected = {"analysis/__init__.py", *(f"analysis/{m}.py" for m in modules), *data, *files}
         assert set(do["deps"]) == expected, f"stage {name}: extra {set(do['deps']) - expected}, " \
                                             f"missing {expected - set(do['deps'])}"

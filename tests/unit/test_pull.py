@@ -32,7 +32,7 @@ def test_the_message_lists_every_missing_output_once_sorted(monkeypatch):
         pull.pull_model("m", ("local", "/srv/remote"), {"m"})
     assert error.value.status == 6
     message = str(error.value)
-    assert "m: 3 output(s) are in dvc.lock but not in the remote 'local' (/srv/remote)" in message
+    assert "m: 3 output(s) are in dvc.lock but missing from the remote 'local' (/srv/remote), or altered there" in message
     listed = [line.strip() for line in message.splitlines() if line.startswith("  ")]
     assert listed == ["data/m/figures/logit_lens.svg", "data/m/metrics/logit_lens.json", "data/m/metrics/sae.json"]
     assert "`dvc push`" in message and "`dvc repro paper@m`" in message
@@ -57,6 +57,7 @@ def test_pulling_every_model_skips_one_never_computed_and_succeeds(monkeypatch, 
     pulled = []
     monkeypatch.setattr(pull, "default_remote", lambda: ("local", "/srv/remote"))
     monkeypatch.setattr(pull, "check_local_remote", lambda *remote: None)
+    monkeypatch.setattr(pull, "ensure_verify", lambda name: None)
     monkeypatch.setattr(pull, "recorded_models", lambda: {"smollm2-135m"})
     monkeypatch.setattr(pull, "pull_model", lambda model, remote, recorded: pulled.append(model))
     with pytest.raises(SystemExit) as done:

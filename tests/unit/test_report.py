@@ -1,8 +1,10 @@
 """The formatting of every number and token in the paper's prose and tables."""
 
+import re
+
 import pytest
 
-from analysis.report import MINUS, ci, head, md_table, num, pct, prob, quote_token, tok
+from analysis.report import MINUS, ci, head, md_table, num, pct, plain, prob, quote_token, tok
 
 
 @pytest.mark.parametrize(("value", "sig", "text"), [
@@ -33,8 +35,8 @@ def test_percentages_and_intervals():
     assert pct(0.8392) == "83.9%"
     assert pct(-0.00001) == "0.0%"
     assert pct(-0.027) == f"{MINUS}2.7%"
-    assert ci(0.12, 0.155) == "[12.0%, 15.5%]"
-    assert ci(-0.012, 0.0, fmt=lambda x: num(x, 3)) == f"[{MINUS}0.012, 0.000]"
+    assert ci(0.12, 0.155) == "[12\\.0\\%, 15\\.5\\%]"  # markdown: the numbers escaped, the brackets too
+    assert plain(ci(-0.012, 0.0, fmt=lambda x: num(x, 3))) == f"[{MINUS}0.012, 0.000]"
 
 
 def test_tokens_show_their_spaces_and_newlines():
@@ -49,3 +51,55 @@ def test_markdown_tables_align_numbers_right():
     table = md_table(["rank", "token"], [[1, tok(" 6")]], align="rl")
     assert table.splitlines() == ["| rank | token |", "|--:|:--|", "| 1 | `' 6'` |"]
     assert md_table(["a", "b", "c"], []).splitlines()[1] == "|:--|--:|--:|"
+
+
+# --- results are data: markdown only through report's escaping functions -------------------
+
+PAYLOAD = "x`<img src=x onerror=alert(1)>`{=html} [j](javascript:alert(1)) **b** $\\input{y}$ | \\"
+
+
+def test_md_escapes_every_value_that_is_not_markdown_already():
+    from analysis.report import Md, md
+
+    made = md("{} and {} ({:.2f})", PAYLOAD, tok(" 6"), 0.5)
+    assert isinstance(made, Md) and "`' 6'`" in made and "0\\.50" in made
+    assert not re.search(r"(?<!\\)[<`$\[]", made.replace("`' 6'`", ""))  # every <, `, $ and [ escaped
+    assert plain(made) == f"{PAYLOAD} and ' 6' (0.50)"
+
+
+def test_joining_or_adding_plain_strings_to_markdown_escapes_them():
+    from analysis.report import Md
+
+    assert Md(", ").join([tok("a"), "*b*"]) == "`'a'`, \\*b\\*"
+    assert Md("**x** ") + "<b>" == "**x** \\<b\\>" and "<b> " + Md("**x**") == "\\<b\\> **x**"
+
+
+def test_markdown_in_an_f_string_is_refused_rather_than_silently_escaped_twice():
+    with pytest.raises(TypeError, match="use report.md"):
+        f"{tok(' 6')}"  # noqa: B018
+    with pytest.raises(TypeError, match="use report.md"):
+        "{}".format(tok(" 6"))
+
+
+def test_table_cells_escape_plain_values_and_pipes_inside_code_spans():
+    table = md_table(["h|x", "token"], [[PAYLOAD, tok("a|b")]])
+    assert table.splitlines()[0] == "| h\\|x | token |"
+    row = table.splitlines()[2]
+    assert "`'a\\|b'`" in row and not re.search(r"(?<!\\)<", row)
+    assert re.findall(r"(?<!\\)\|", row) == ["|"] * 3  # two cells: the payload's pipe is escaped
+
+
+def test_a_plain_value_has_no_markdown_display_and_md_has_one():
+    from analysis.report import esc
+
+    assert esc(PAYLOAD)._repr_markdown_() == str(esc(PAYLOAD))
+    assert not hasattr(plain(esc("x")), "_repr_markdown_")
+
+
+def test_links_are_https_only_and_their_text_is_escaped():
+    from analysis.report import url
+
+    assert url("https://www.neuronpedia.org/gpt2-small/9-res-jb/1076", "1076") == (
+        "[1076](https://www.neuronpedia.org/gpt2-small/9-res-jb/1076)")
+    assert url("https://example.org/a", "*b*") == "[\\*b\\*](https://example.org/a)"
+    assert url("javascript:alert(1)", "x") == "x" and url("javascript:alert(1)") == "`javascript:alert(1)`"
