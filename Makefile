@@ -8,7 +8,7 @@ MODEL  ?= smollm2-135m
 STAMP  := $(VENV)/.installed
 
 export PATH := $(BIN):$(PATH)
-export PYTHONPATH := $(CURDIR)
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 export TOKENIZERS_PARALLELISM := false
@@ -19,7 +19,7 @@ ifeq ($(shell [ -t 2 ] && echo tty),)
 export TQDM_DISABLE := 1
 endif
 
-.PHONY: all setup test gpt2 paper pull repro verify bench lock clean-venv readme-image
+.PHONY: all setup test gpt2 paper pull repro verify bench lock clean-venv readme-image quarto-check
 
 # Bad params fail here, before DVC removes any stage's old outputs; then dvc.yaml is
 # brought up to date with the stages declared in analysis/params.py (one process, no torch).
@@ -110,6 +110,9 @@ BENCH_SKIP ?=
 bench: setup  ## the benchmark: throughput against the machine's limit, the notebook way, costs (README)
 	$(CHECK_PARAMS)
 	$(BIN)/python benchmarks/bench.py --model $(MODEL) --scales $(BENCH_SCALES) $(if $(BENCH_SKIP),--skip $(BENCH_SKIP))
+
+quarto-check: setup  ## render the paper with the `quarto` on PATH and compare its text with the builder's (skipped without Quarto)
+	$(BIN)/python scripts/quarto_check.py --model $(MODEL)
 
 lock:  ## regenerate requirements.lock from pyproject.toml in a scratch venv
 	rm -rf /tmp/arith-lock-venv && $(PYTHON) -m venv /tmp/arith-lock-venv

@@ -8,6 +8,7 @@ number in the paper's text that no number in those files explains at the precisi
 manuscript, or one computed there from nothing the results hold, shows up here.
 
     python -m analysis.numbercheck --model smollm2-135m   # exit 1 if any number is unexplained
+    python -m analysis.numbercheck --model smollm2-135m --html paper/_build/quarto/index.html
 
 Left out: cross-references ("Figure 3", "Table 2"), citations, the reference list, and the
 appendix, whose versions and digests describe the build rather than its results. Integers
@@ -139,23 +140,32 @@ def typography(html: str) -> list[str]:
             for what, pattern in TYPOGRAPHY.items() for m in pattern.finditer(text)]
 
 
-def check(model: str, root: Path = Path(".")) -> list[str]:
-    """Unexplained numbers and typographic slips of the model's built paper."""
-    html = (root / "paper" / "_build" / model / "index.html").read_text()
+def check(model: str, root: Path = Path("."), html_path: Path | None = None) -> list[str]:
+    """Unexplained numbers and typographic slips of the model's built paper (or of another
+    rendering of it, such as Quarto's)."""
+    html = (html_path or root / "paper" / "_build" / model / "index.html").read_text()
     documents = [json.loads(p.read_text()) for p in sorted((root / "data" / model).glob("*.json"))]
     documents.append(yaml.safe_load((root / "params.yaml").read_text()))
     return [f"unexplained number: {n}" for n in unexplained(html, documents)] + typography(html)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from analysis.params import parse_model_arg
+    import argparse
 
-    model, _ = parse_model_arg("numbercheck", argv)
-    problems = check(model)
+    from analysis.params import exit_on_params_error, load_params
+
+    parser = argparse.ArgumentParser(prog="python -m analysis.numbercheck", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a model key from params.yaml")
+    parser.add_argument("--html", type=Path, help="the HTML to check (default: paper/_build/<model>/index.html)")
+    args = parser.parse_args(argv)
+    with exit_on_params_error():
+        load_params().model(args.model)
+    html = args.html or Path("paper") / "_build" / args.model / "index.html"
+    problems = check(args.model, html_path=html)
     for problem in problems:
         print(problem)
-    print(f"paper/_build/{model}/index.html: {len(problems)} problem(s): numbers found in neither its results nor "
-          "params.yaml, and typographic slips", file=sys.stderr)
+    print(f"{html}: {len(problems)} problem(s): numbers found in neither its results nor params.yaml, and "
+          "typographic slips", file=sys.stderr)
     raise SystemExit(1 if problems else 0)
 
 
