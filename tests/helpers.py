@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,11 @@ from analysis.models import store_transposed
 from analysis.params import Params, validate_params
 
 REPO = Path(__file__).resolve().parents[1]
-GPT2_TOKENIZER_DIR = REPO / "tests" / "data" / "gpt2-tokenizer"  # MIT-licensed test data
+# GPT-2's real tokenizer files (MIT), kept beside the repository, not in it (../shared, as CI
+# has it); the tests that need them skip, saying so, where they are absent.
+GPT2_TOKENIZER_DIR = REPO.parent / "shared" / "gpt2-tokenizer"
+needs_gpt2_tokenizer = pytest.mark.skipif(not (GPT2_TOKENIZER_DIR / "vocab.json").is_file(),
+                                          reason=f"GPT-2's tokenizer files are not in {GPT2_TOKENIZER_DIR}")
 CHARS = list("0123456789 +=.,abcdefghijklmnopqrstuvwxyz:\n")
 
 
@@ -145,3 +153,23 @@ def random_sae(d_in: int, d_sae: int, kind: str = "standard", k: int = 8, seed: 
         sae.b_dec.normal_(0, 0.1)  # nonzero biases, so that tests see them cancel
         sae.b_enc.normal_(0, 0.1)
     return sae
+
+
+# --- pipeline tests: a copy of the working tree, and the environment `make` gives stages ---
+
+def base_env(cwd: Path) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    environ = {k: v for k, v in os.environ.items() if k != "ARITH_NATIVE_NUMERICS"}  # pinned, as under `make`
+    return {**environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
+            "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
+
+
+def copy_working_tree(dst: Path) -> None:
+    """The files git would commit (tracked, and untracked but not ignored), as they are now."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dst / name)

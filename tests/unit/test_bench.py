@@ -4,7 +4,7 @@ import importlib.util
 import sys
 
 import pytest
-from helpers import REPO, base_params_dict, random_gpt2_small, rotary_model
+from helpers import REPO, base_params_dict, random_gpt2_small, rotary_model, needs_gpt2_tokenizer
 
 from analysis.params import ParamsError
 
@@ -13,6 +13,7 @@ bench = sys.modules.setdefault("bench", importlib.util.module_from_spec(spec))  
 spec.loader.exec_module(bench)
 
 
+@needs_gpt2_tokenizer
 def test_block_flops_of_gpt2_small_are_twice_its_block_matrices():
     cfg = random_gpt2_small().cfg
     per_layer = 4 * 768 * 768 + 2 * 768 * 3072  # q, k, v, o; MLP in and out

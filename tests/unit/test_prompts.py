@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import char_tokenizer, gpt2_tokenizer, tiny_model
+from helpers import char_tokenizer, gpt2_tokenizer, tiny_model, needs_gpt2_tokenizer
 
 from analysis.prompts import (
     equal_length_batches,
@@ -35,6 +35,7 @@ def test_no_bos_when_the_model_does_not_use_one():
     assert len(prepared.tokens) == len(PROMPT) + 1
 
 
+@needs_gpt2_tokenizer
 def test_gpt2_tokenizer_keeps_the_prompt_and_single_token_answers():
     model = tiny_model(gpt2_tokenizer(), d_model=16, n_heads=2, n_layers=1)
     prepared = prepare_prompt(model, PROMPT, ANSWERS)
@@ -71,6 +72,7 @@ def test_the_family_is_seeded_and_keeps_copy_and_answer_apart():
         assert parse_arithmetic(p.text) == p
 
 
+@needs_gpt2_tokenizer
 def test_token_positions_follow_the_answers_through_multi_token_numbers():
     model = tiny_model(gpt2_tokenizer(), d_model=16, n_heads=2, n_layers=1)
     prompt = parse_arithmetic("7 + 8 = 15. 2 + 2 = 4. 5 + 5 =")

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import char_tokenizer, gpt2_tokenizer, rotary_model, tiny_model
+from helpers import char_tokenizer, gpt2_tokenizer, rotary_model, tiny_model, needs_gpt2_tokenizer
 
 from analysis.prompts import prepare_prompt
 from analysis.scoring import continues_number, greedy_answers, read_number, score_and_read, score_answers, shared_lengths
@@ -38,6 +38,7 @@ def test_batched_scores_equal_one_at_a_time():
         assert together.logprob[i].item() == pytest.approx(alone.logprob[0].item(), abs=1e-5)
 
 
+@needs_gpt2_tokenizer
 def test_number_continuation_tokens():
     model = tiny_model(gpt2_tokenizer(), d_model=16, n_heads=2, n_layers=1)
     mask = continues_number(model)
