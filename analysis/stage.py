@@ -39,11 +39,8 @@ from analysis.timing import Work, counting
 
 
 def check_numerics() -> None:
-    """Warn when the pinned code paths (analysis/__init__.py) are not in force: the results
-    are then right but their bits differ from other machines'."""
-    if os.environ.get("ARITH_NATIVE_NUMERICS") == "1":
-        print("warning: ARITH_NATIVE_NUMERICS=1: results' last bits depend on this processor", file=sys.stderr)
-    elif torch.backends.cpu.get_cpu_capability() != "AVX2":
+    """With the AVX2 pin asked for (ARITH_PIN_AVX2=1), warn when it is not in force."""
+    if os.environ.get("ARITH_PIN_AVX2") == "1" and torch.backends.cpu.get_cpu_capability() != "AVX2":
         print(f"warning: PyTorch runs its {torch.backends.cpu.get_cpu_capability()} kernels, not the pinned AVX2 "
               "ones (no AVX2 here, or torch ran before `analysis` was imported): results' last bits may differ "
               "from other machines'", file=sys.stderr)

@@ -15,10 +15,8 @@ from pathlib import Path
 from jaxtyping import install_import_hook
 
 install_import_hook("analysis", "beartype.beartype")
-# In-process tests run on the processor's native code paths: they compare results within
-# one process, and the pinned AVX2 paths cost up to 1.75x here (README.md, "Same bits on
-# another machine"). The pipeline test's stages run pinned, as `make` runs them.
-os.environ.setdefault("ARITH_NATIVE_NUMERICS", "1")
+# Tests run with the numerics `make` uses (analysis/__init__.py; README.md, "What
+# reproduces where"): MKL's strict mode on this processor's own code path.
 import analysis  # noqa: E402, F401
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

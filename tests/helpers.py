@@ -159,7 +159,7 @@ def random_sae(d_in: int, d_sae: int, kind: str = "standard", k: int = 8, seed: 
 
 def base_env(cwd: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
-    environ = {k: v for k, v in os.environ.items() if k != "ARITH_NATIVE_NUMERICS"}  # pinned, as under `make`
+    environ = {k: v for k, v in os.environ.items() if k != "ARITH_PIN_AVX2"}  # the default numerics, as under `make`
     return {**environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
             "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg", "DVC_NO_ANALYTICS": "1"}
 

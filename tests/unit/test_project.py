@@ -136,24 +136,24 @@ def test_a_killed_writers_temporary_file_does_not_show_in_git_status():
     assert subprocess.run(["git", "check-ignore", "-q", leftover], cwd=REPO).returncode == 0
 
 
-def test_importing_analysis_pins_the_numeric_code_paths_unless_opted_out():
-    """The same bits on any AVX2 processor need torch's kernels and MKL held to AVX2 before
-    torch runs: `import analysis` does it (README.md, "Same bits on another machine")."""
+def test_importing_analysis_sets_mkl_strict_mode_and_pins_avx2_only_when_asked():
+    """`import analysis` sets MKL's thread-count-independent strict mode before torch runs;
+    ARITH_PIN_AVX2=1 holds torch and MKL to AVX2 (README.md, "What reproduces where")."""
     import os
     import subprocess
     import sys
 
-    from analysis import PINNED_NUMERICS
+    from analysis import DEFAULT_NUMERICS, PINNED_NUMERICS
 
     code = ("import analysis, os, torch; torch.ones(2) @ torch.ones(2); "
             "print(torch.backends.cpu.get_cpu_capability(), os.environ.get('MKL_CBWR'))")
-    clean = {k: v for k, v in os.environ.items() if k not in ("ARITH_NATIVE_NUMERICS", *PINNED_NUMERICS)}
-    pinned = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO)},
+    clean = {k: v for k, v in os.environ.items() if k not in ("ARITH_PIN_AVX2", *PINNED_NUMERICS, *DEFAULT_NUMERICS)}
+    default = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO)},
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert default[1] == "AUTO,STRICT"
+    pinned = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO), "ARITH_PIN_AVX2": "1"},
                             capture_output=True, text=True, check=True).stdout.split()
     assert pinned == ["AVX2", "AVX2,STRICT"]
-    native = subprocess.run([sys.executable, "-c", code], env={**clean, "PYTHONPATH": str(REPO),
-                            "ARITH_NATIVE_NUMERICS": "1"}, capture_output=True, text=True, check=True).stdout.split()
-    assert native[1] == "None"
 
 
 def _fake_checkout(root, model: str = "m") -> list:
