@@ -110,6 +110,18 @@ def few_shot_family(n_prompts: int, n_shots: int, max_operand: int, seed: int) -
 
 
 
+def all_pairs(max_operand: int) -> list[tuple[int, int]]:
+    """Every query a + b with operands in 0..max_operand, a-major."""
+    return [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
+
+
+def few_shot_contexts(n_contexts: int, n_shots: int, max_operand: int, seed: int) -> list[tuple[tuple[int, int], ...]]:
+    """Seeded random examples: the few-shot contexts of the behaviour stage."""
+    rng = random.Random(seed)
+    return [tuple((rng.randint(0, max_operand), rng.randint(0, max_operand)) for _ in range(n_shots))
+            for _ in range(n_contexts)]
+
+
 # --- error sets: prompt pairs that differ only where a hypothesis says ---------------------
 
 @dataclass(frozen=True)
@@ -198,3 +210,107 @@ def sequence_pairs(n: int, max_operand: int, seed: int) -> list[PromptPair]:
         return PromptPair(ArithmeticPrompt(tuple(shots), query), ArithmeticPrompt(clean, query), nxt)
 
     return _distinct_pairs(make, n, seed)
+
+
+# --- error sets that separate hypotheses ---------------------------------------------------
+
+def _shot_avoiding(rng: random.Random, total: int, max_operand: int, avoid: int) -> tuple[int, int] | None:
+    """An example answering `total` whose operands are not `avoid` (so that the number
+    occurs in the context only where the set puts it)."""
+    choices = [(a, total - a) for a in range(max_operand + 1)
+               if 0 <= total - a <= max_operand and avoid not in (a, total - a)]
+    return rng.choice(choices) if choices else None
+
+
+def _clean_shot(rng: random.Random, shot: tuple[int, int], max_operand: int, avoid_first: set[str],
+                avoid: int, allowed=lambda a, b: True) -> tuple[int, int] | None:
+    """A clean example matching `shot`'s digit counts, whose sum starts with none of
+    `avoid_first` and in which the number `avoid` occurs nowhere."""
+    digits = [len(str(v)) for v in (*shot, sum(shot))]
+    candidates = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)
+                  if _first(a + b) not in avoid_first and avoid not in (a, b, a + b) and allowed(a, b)
+                  and [len(str(a)), len(str(b)), len(str(a + b))] == digits]
+    return rng.choice(candidates) if candidates else None
+
+
+def placed_pairs(n: int, n_shots: int, where: tuple[int, ...], max_operand: int, seed: int) -> list[PromptPair]:
+    """The error W occurs in the corrupt context exactly as the answer of the examples at
+    positions `where` (0 is the first; n_shots - 1 the previous answer), nowhere else: no
+    other example answers it, no operand is W, and the query is neither W's operand nor
+    answered by it. The clean context's examples (same digit counts) contain W nowhere.
+    So `where=(last,)` is a copy of the previous answer at frequency one, `where=(0,)` an
+    earlier answer at frequency one, and every position a repeat (frequency n_shots)."""
+    def make(rng: random.Random) -> PromptPair | None:
+        query = (rng.randint(0, max_operand), rng.randint(0, max_operand))
+        correct, error = sum(query), rng.randint(0, 2 * max_operand)
+        if _first(error) == _first(correct) or error in query:
+            return None
+        avoid_first = {_first(correct), _first(error)}
+        shots: list[tuple[int, int] | None] = []
+        for i in range(n_shots):
+            if i in where:
+                shots.append(_shot_avoiding(rng, error, max_operand, error))
+            else:
+                shots.append(_clean_shot(rng, (rng.randint(0, max_operand), rng.randint(0, max_operand)), max_operand,
+                                         avoid_first, error))
+        if None in shots:
+            return None
+        clean = [_clean_shot(rng, shot, max_operand, avoid_first, error) for shot in shots]
+        if None in clean:
+            return None
+        return PromptPair(ArithmeticPrompt(tuple(shots), query), ArithmeticPrompt(tuple(clean), query), error)
+
+    return _distinct_pairs(make, n, seed)
+
+
+def plus_one_pairs(n: int, n_shots: int, max_operand: int, seed: int) -> list[PromptPair]:
+    """The b + 1 error (5 + 5 = 6 is 'the last operand plus one'): every corrupt example is
+    a true sum of the form 1 + b = b + 1, so that 'answer the last operand plus one' fits
+    the context; the query x + y (x != 1) then invites W = y + 1. The clean examples (same
+    digit counts) have a first operand other than 1. W occurs in neither context, and no
+    example's answer starts like W or the correct answer."""
+    def make(rng: random.Random) -> PromptPair | None:
+        query = (rng.randint(0, max_operand), rng.randint(0, max_operand))
+        correct, error = sum(query), query[1] + 1
+        if query[0] == 1 or _first(error) == _first(correct):
+            return None
+        avoid_first = {_first(correct), _first(error)}
+        shots = []
+        for _ in range(n_shots):
+            b = rng.randint(0, max_operand)
+            if _first(b + 1) in avoid_first or error in (1, b, b + 1):
+                return None
+            shots.append((1, b))
+        clean = [_clean_shot(rng, shot, max_operand, avoid_first, error, allowed=lambda a, b: a != 1) for shot in shots]
+        if None in clean:
+            return None
+        return PromptPair(ArithmeticPrompt(tuple(shots), query), ArithmeticPrompt(tuple(clean), query), error)
+
+    return _distinct_pairs(make, n, seed)
+
+
+def _digit_counts(shots: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    return tuple(len(str(v)) for a, b in shots for v in (a, b, a + b))
+
+
+def natural_pairs(contexts: list[tuple[tuple[int, int], ...]], answers: list[list[int | None]], max_operand: int,
+                  error_of, seed: int) -> list[PromptPair]:
+    """Errors the model makes unprompted: for every context and query (answers[context]
+    [query], queries in all_pairs order) whose answer is error_of(query) and wrong, a pair
+    of that context (corrupt) and another context, with examples of the same digit counts,
+    in which the model answers the same query right (clean), drawn with a seeded shuffle."""
+    rng = random.Random(seed)
+    queries = all_pairs(max_operand)
+    pairs = []
+    for i, shots in enumerate(contexts):
+        for q, query in enumerate(queries):
+            error = error_of(query)
+            if answers[i][q] != error or error == sum(query):
+                continue
+            right = [j for j in range(len(contexts)) if answers[j][q] == sum(query)
+                     and _digit_counts(contexts[j]) == _digit_counts(shots)]
+            if right:
+                clean = contexts[rng.choice(right)]
+                pairs.append(PromptPair(ArithmeticPrompt(shots, query), ArithmeticPrompt(clean, query), error))
+    return pairs
+

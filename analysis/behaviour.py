@@ -33,7 +33,6 @@ answer to the canonical query zero-shot and few-shot.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +43,7 @@ from analysis.artifacts import (Level, Name, Prob, Schema, StagePaths, StageResu
                                 save_json, save_tensors)
 from analysis.params import Params
 from analysis.plotting import COLORS, styled
-from analysis.arithmetic import ArithmeticPrompt, parse_arithmetic
+from analysis.arithmetic import ArithmeticPrompt, all_pairs, few_shot_contexts, parse_arithmetic
 from analysis.prompts import PreparedPrompt, prepare_prompt
 from analysis.scoring import continues_number, score_and_read, score_answers, shared_lengths
 from analysis.stage import run_stage
@@ -57,16 +56,6 @@ HEADLINE = ("conditions.*.accuracy.all.*", "conditions.*.error_prob.all.mean", "
 CONDITIONS = ("zero_shot", "few_shot", "study_context")
 CLASSES = ("copy", "sequence", "operand", "last_operand_plus_one", "off_by_one", "other")
 DIGITS = {f"digit_{d}": f" {d}" for d in range(10)}  # fixes where every numeric answer starts
-
-
-def all_pairs(max_operand: int) -> list[tuple[int, int]]:
-    return [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
-
-
-def few_shot_contexts(n_contexts: int, n_shots: int, max_operand: int, seed: int) -> list[tuple[tuple[int, int], ...]]:
-    rng = random.Random(seed)
-    return [tuple((rng.randint(0, max_operand), rng.randint(0, max_operand)) for _ in range(n_shots))
-            for _ in range(n_contexts)]
 
 
 def condition_prompts(contexts: list[tuple[tuple[int, int], ...]], max_operand: int) -> list[list[ArithmeticPrompt]]:

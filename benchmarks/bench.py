@@ -54,7 +54,7 @@ WORKLOAD = {
     "behaviour": ("behaviour.n_contexts",),
     "sae_train": ("sae_train.corpus.prose_windows", "sae_train.corpus.arithmetic_windows"),
     "sae": ("family.n_prompts",),
-    "patching": ("patching.n_pairs", "patching.n_patched"),
+    "patching": ("patching.n_pairs", "patching.min_erring", "patching.max_pairs"),
 }
 
 
@@ -156,26 +156,26 @@ def forward_and_notebook(report: Report, model, params, limit: float) -> None:
 
 def head_ranking(report: Report, model, params, top: int = 10) -> None:
     """Attribution patching + exact patching of its top `top` against exact patching of
-    every head, on the copy set's patched pairs (as the patching stage picks them)."""
-    from analysis import patching as P
+    every head, on the first causal set's first n_pairs pairs."""
+    from analysis import causal
+    from analysis.errorsets import batches, pairs_of, prepare_pairs
 
-    pairs, prepared = P.prepare_pairs(model, P.error_set("copy", params))
-    _, _, lds, errs, _ = P.behaviour_of(model, params, pairs, prepared)
-    chosen, _ = P.patched_subset(errs, params.patching.n_patched)
-    indexed = P.batches([prepared[i] for i in chosen])
-    groups = [batch for _, batch in indexed]
-    ld_corrupt = torch.cat([lds["corrupt"][chosen][idx] for idx, _ in indexed])  # behaviour_of ran them
+    name = params.patching.causal[0]
+    items = prepare_pairs(model, pairs_of(params.patching.sets[name], params.patching.n_pairs, params, torch.zeros(1, 1)))
+    chosen = list(range(len(items)))
+    runs = [causal.prepare_runs(model, batch) for _, batch in batches(items)]
+    ld_corrupt = torch.cat([r.base["corrupt"].ld[0] for r in runs])
     n_heads = model.cfg.n_heads
     every = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(n_heads)]
 
     def exact(heads: list[tuple[int, int]]) -> torch.Tensor:  # (pair, head): LD, clean head into corrupt run
-        return torch.cat([P.compute_component_patching(model, batch, heads)[0] for batch in groups])
+        return torch.cat([causal.compute_component_patching(model, r, heads)[0] for r in runs])
 
     start = time.perf_counter()
     effect = (exact(every) - ld_corrupt[:, None]).mean(0)
     exact_s = time.perf_counter() - start
     start = time.perf_counter()
-    attribution = torch.cat([P.compute_attribution(model, batch).heads for batch in groups]).mean(0).flatten()
+    attribution = torch.cat([causal.compute_attribution(model, r).heads for r in runs]).mean(0).flatten()
     ranked = [every[int(i)] for i in attribution.abs().argsort(descending=True)[:top]]
     exact(ranked)  # the confirmation the stage reports
     attribution_s = time.perf_counter() - start
@@ -294,7 +294,7 @@ def machine() -> dict[str, Any]:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "numerics": "native" if os.environ.get("ARITH_NATIVE_NUMERICS") == "1" else "pinned (AVX2)",
+            "numerics": "pinned (AVX2)" if os.environ.get("ARITH_PIN_AVX2") == "1" else os.environ.get("MKL_CBWR", "native"),
             "device": "cpu"}
 
 

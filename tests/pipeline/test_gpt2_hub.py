@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +28,9 @@ MODEL = "gpt2-small"
 SMALL = {"family.n_prompts": 4, "stats.bootstrap_resamples": 200, "heads.induction.n_sequences": 4,
          "heads.induction.half_length": 20, "behaviour.max_operand": 5, "behaviour.n_contexts": 2,
          "behaviour.neutral_contexts": ["The number is"], "sae_train.corpus.prose_windows": 8,
-         "sae_train.corpus.arithmetic_windows": 6, "sae.top_k": 2, "patching.n_pairs": 4, "patching.n_patched": 2,
-         "patching.last_positions": 1, "patching.top_heads": 2, "patching.random_draws": 2}
+         "sae_train.corpus.arithmetic_windows": 6, "sae.top_k": 2, "patching.n_pairs": 4, "patching.min_erring": 4,
+         "patching.max_pairs": 8, "patching.top_heads": 2, "patching.random_draws": 4, "patching.eap_ig_steps": 1,
+         "patching.circuit_sizes": [5, 10, 20, 40, 80], "patching.circuit_size": 10, "patching.confirm_edges": 2}
 
 # Loaded first by every Python process of the run (PYTHONPATH): logs each call of the two
 # loaders (then calls them, unchanged) and each attempted connection (then refuses it).

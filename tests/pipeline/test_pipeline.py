@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, base_env, copy_working_tree, overridden
+from helpers import base_env, copy_working_tree, overridden
 
 from analysis.params import stages
 
@@ -39,11 +39,16 @@ SMALL: dict[str, object] = {
     "sae_train.corpus.arithmetic_windows": 30,
     "sae_train.epochs": 1,
     "models.smollm2-135m.saes.res-l22.d_sae": 512,
-    "patching.n_pairs": 6,
-    "patching.n_patched": 3,
-    "patching.last_positions": 1,
+    "patching.n_pairs": 16,
+    "patching.min_erring": 6,
+    "patching.max_pairs": 48,
     "patching.top_heads": 3,
-    "patching.random_draws": 2,
+    "patching.resid_layer_stride": 10,
+    "patching.random_draws": 20,
+    "patching.eap_ig_steps": 2,
+    "patching.circuit_sizes": [5, 10, 20, 40, 80],
+    "patching.circuit_size": 10,
+    "patching.confirm_edges": 2,
 }
 STAGES = [*stages(), "paper"]
 
@@ -528,3 +533,39 @@ def test_a_5_mb_string_or_an_impossible_probability_in_results_is_refused_naming
     finally:
         path.write_bytes(good)
     assert lens["model_label"]
+
+
+PERTURBED = {"ARITH_PIN_AVX2": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+@pytest.mark.parametrize("stage", ["logit_lens", "heads"])
+def test_headline_metrics_and_discrete_choices_survive_perturbed_numerics(workspace, tmp_path, stage):
+    """The contract (README.md, "What reproduces where"): the AVX2 pin on, one thread and MKL
+    restricted to AVX2 change the last bits of reals, never a headline metric at its stored
+    precision, a chosen head or layer, or a top token."""
+    repo = workspace["repo"]
+    metrics = repo / f"metrics/{MODEL}/{stage}.json"
+    results = repo / f"data/{MODEL}/{stage}.json"
+    before_metrics, before_results = json.loads(metrics.read_text()), json.loads(results.read_text())
+    kept = {path: path.read_bytes() for path in (repo / f"metrics/{MODEL}").glob(f"{stage}*")}  # not in DVC's cache
+    try:
+        run([sys.executable, "-m", f"analysis.{stage}", "--model", MODEL], repo, env={**base_env(repo), **PERTURBED})
+        after_metrics, after_results = json.loads(metrics.read_text()), json.loads(results.read_text())
+    finally:
+        run(["dvc", "checkout", "--force", f"{stage}@{MODEL}"], repo)
+        for path, data in kept.items():
+            path.write_bytes(data)
+    work = {k for k in before_metrics if k.startswith("work.")}
+    assert {k: v for k, v in after_metrics.items() if k not in work} == {
+        k: v for k, v in before_metrics.items() if k not in work}
+    discrete = {path: value for path, value in flat(before_results).items() if not isinstance(value, float)}
+    assert {path: flat(after_results).get(path) for path in discrete} == discrete
+    assert any(isinstance(v, float) for v in flat(before_results).values())  # the reals it leaves free
+
+
+def flat(value, prefix: str = "") -> dict[str, object]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+    if isinstance(value, list):
+        return {k: v for i, item in enumerate(value) for k, v in flat(item, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): value}

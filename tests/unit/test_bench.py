@@ -39,7 +39,7 @@ def test_scaled_params_multiply_only_the_stages_workload():
     raw = base_params_dict()
     doubled = bench.scaled_params(raw, "patching", 2)
     assert doubled.patching.n_pairs == 2 * raw["patching"]["n_pairs"]
-    assert doubled.patching.n_patched == 2 * raw["patching"]["n_patched"]
+    assert doubled.patching.min_erring == 2 * raw["patching"]["min_erring"]
     assert doubled.family.n_prompts == raw["family"]["n_prompts"]
     quarter = bench.scaled_params(raw, "heads", 0.25)
     assert quarter.family.n_prompts == raw["family"]["n_prompts"] // 4

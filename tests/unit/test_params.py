@@ -217,7 +217,7 @@ HOSTILE = [
      "behaviour.n_contexts = 1000000000: Input should be less than or equal to 100000"),
     ("a billion induction sequences", lambda: _params_text(**{"n_sequences: 32": "n_sequences: 1000000000"}),
      "heads.induction.n_sequences"),
-    ("a billion random draws", lambda: _params_text(**{"random_draws: 20": "random_draws: 1000000000"}),
+    ("a billion random draws", lambda: _params_text(**{"random_draws: 1000": "random_draws: 1000000000"}),
      "patching.random_draws"),
     ("a 100,000-character prompt", lambda: _params_text(**{'control: "5 + 5 ="': 'control: "' + "1 + 1 = 2. " * 9091
                                                             + '5 + 5 ="'}), "prompt.control = "),

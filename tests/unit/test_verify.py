@@ -79,4 +79,4 @@ def test_a_stage_compares_results_tensors_and_metrics_and_reports_a_missing_file
 
 def test_a_stage_is_recomputed_with_the_stages_it_reads():
     assert with_upstream(["sae"]) == ["sae_train", "sae"]
-    assert with_upstream(["logit_lens", "patching"]) == ["logit_lens", "sae_train", "patching"]
+    assert with_upstream(["logit_lens", "patching"]) == ["logit_lens", "behaviour", "sae_train", "patching"]
