@@ -7,10 +7,13 @@ that tests it here, the measurement that decides it, and the verdict.
 
     python -m analysis.claims --model smollm2-135m   # the table, from the cached results
 
-Verdicts: `supported` (the deciding measurement meets the rule), `contradicted` (it meets
-the rule's opposite), `inconclusive` (neither: an interval that straddles the threshold),
-`mixed` (holds in some conditions and is reversed in others) and `not testable` (this
-model's results cannot test it; the measured column says why).
+Verdicts: `reproduced` (the deciding measurement meets the rule); where it meets the rule's
+opposite, `refuted` on the study's own model and `not reproduced on this model` on any
+other (a claim about GPT-2 small is not refuted by another model); `inconclusive` (an
+interval that straddles the threshold); `mixed` (holds in some conditions and is reversed in
+others); `not applicable` (this model does not make the error the claim is about, or has
+no such component: the measured column says why); `not testable` (these results cannot
+test it). Rules return SUPPORTED or CONTRADICTED; `evaluate` names them for the model.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from typing import Any
 from analysis.params import ClaimsParams, Params
 from analysis.report import Md, ci, head, md, num, pct, plain, prob, tok
 
-SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED, NOT_TESTABLE = (
-    "supported", "contradicted", "inconclusive", "mixed", "not testable")
-ERRING = "pairs where the model gives the error"  # patching.ERRING, without importing torch
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED, NOT_APPLICABLE, NOT_TESTABLE = (
+    "reproduced", "contradicted", "inconclusive", "mixed", "not applicable", "not testable")
+REFUTED, NOT_REPRODUCED = "refuted", "not reproduced on this model"
+VERDICTS = (SUPPORTED, NOT_REPRODUCED, REFUTED, INCONCLUSIVE, MIXED, NOT_APPLICABLE, NOT_TESTABLE)
 CONDITION_NAMES = {"zero_shot": "zero-shot", "few_shot": "few-shot", "study_context": "after the study's examples"}
 
 
@@ -103,23 +107,36 @@ def doubles_contexts(r: Results, c: ClaimsParams, p: Params) -> Claim:
                  md("{} of {} contexts", est(ex.error_rate), ex.n_contexts), above(ex.error_rate, c.majority))
 
 
+def _errs_on_canonical(r: Results) -> bool:
+    return r.lens.misconception.answer_prob > r.lens.correct.answer_prob
+
+
+def _not_erring(r: Results) -> str:
+    return md("this model prefers {} on the canonical prompt: the lens of an error it does not make",
+              r.lens.correct.text.strip())
+
+
 def lens_correct_low(r: Results, c: ClaimsParams, p: Params) -> Claim:
     right = r.lens.correct
     peak = max(right.prob_by_layer)
-    return Claim(f"The correct answer stays below {pct(c.study.correct_lens_max)} at every layer (logit lens).",
-                 "highest lens probability of the correct answer's first token, over layers, below that bound",
-                 md("{} at layer {} ({})", prob(peak, 2), right.peak_layer, tok(right.first_token)),
+    text = f"The correct answer stays below {pct(c.study.correct_lens_max)} at every layer (logit lens)."
+    rule = "highest lens probability of the correct answer's first token, over layers, below that bound"
+    if not _errs_on_canonical(r):
+        return Claim(text, rule, md("{} ({} at layer {})", _not_erring(r), prob(peak, 2), right.peak_layer),
+                     NOT_APPLICABLE)
+    return Claim(text, rule, md("{} at layer {} ({})", prob(peak, 2), right.peak_layer, tok(right.first_token)),
                  SUPPORTED if peak < c.study.correct_lens_max else CONTRADICTED)
 
 
 def lens_late(r: Results, c: ClaimsParams, p: Params) -> Claim:
     wrong, n = r.lens.misconception, r.lens.n_layers
     first, last = c.study.misconception_layers
-    return Claim(f"The misconception rises in the late layers (GPT-2 small: layers {first}–{last} of "
-                 f"{c.study.n_layers}).",
-                 f"its lens probability peaks at or after {pct(c.late_layers, 0)} of the depth",
-                 md("peaks at layer {} of {} ({})", wrong.peak_layer, n, prob(max(wrong.prob_by_layer), 2)),
-                 SUPPORTED if wrong.peak_layer >= c.late_layers * (n - 1) else CONTRADICTED)
+    text = f"The misconception rises in the late layers (GPT-2 small: layers {first}–{last} of {c.study.n_layers})."
+    rule = f"its lens probability peaks at or after {pct(c.late_layers, 0)} of the depth"
+    measured = md("peaks at layer {} of {} ({})", wrong.peak_layer, n, prob(max(wrong.prob_by_layer), 2))
+    if not _errs_on_canonical(r):
+        return Claim(text, rule, md("{}; {}", _not_erring(r), measured), NOT_APPLICABLE)
+    return Claim(text, rule, measured, SUPPORTED if wrong.peak_layer >= c.late_layers * (n - 1) else CONTRADICTED)
 
 
 # --- heads ------------------------------------------------------------------------------
@@ -160,16 +177,21 @@ def head_attends(r: Results, c: ClaimsParams, p: Params) -> Claim:
 
 def head_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
     """Attending is not copying: a head that attends must also push the copy over the right answer."""
-    hd, attending = r.heads, _attending(r, c)
-    rule = ("a head that attends (as above) also raises logit(copy) − logit(correct) directly: its copy DLA "
-            f"interval over the family above 0 ({hd.copy_dla_family.n_prompts} prompts whose copy is one token)")
+    hd = r.heads
+    rule = ("a head that attends (as above), the top induction head, or a head an error set's selection half "
+            "chose raises logit(copy) − logit(correct) directly: its copy DLA interval over the family above 0 "
+            f"({hd.copy_dla_family.n_prompts} prompts whose copy is one token)")
     text = "That head copies the previous answer into the prediction."
-    if not attending:
-        return Claim(text, rule, "no head attends by that rule", CONTRADICTED)
+    candidates = [(h.layer, h.head) for h in _attending(r, c)]
+    candidates.append((hd.top_induction_head.layer, hd.top_induction_head.head))
+    candidates += [_parse_head(n) for s in _causal_sets(r) for n in s.selection.chosen_heads]
+    candidates = list(dict.fromkeys(candidates))
+    if not candidates:
+        return Claim(text, rule, "no head attends, induces or was chosen", CONTRADICTED)
     dla = hd.copy_dla_family
-    scored = [(h, dla.mean[h.layer][h.head], dla.low[h.layer][h.head], dla.high[h.layer][h.head]) for h in attending]
-    measured = Md("; ").join(md("{}: copy DLA {} {}", head(h.layer, h.head), num(m, 2), ci(lo, hi, signed))
-                             for h, m, lo, hi in scored)
+    scored = [((l, h), dla.mean[l][h], dla.low[l][h], dla.high[l][h]) for l, h in candidates]
+    measured = Md("; ").join(md("{}: copy DLA {} {}", head(*lh), num(m, 2), ci(lo, hi, signed))
+                             for lh, m, lo, hi in scored)
     verdict = (SUPPORTED if any(lo > 0 for *_, lo, _ in scored) else
                CONTRADICTED if all(hi < 0 for *_, hi in scored) else INCONCLUSIVE)
     return Claim(text, rule, measured, verdict)
@@ -193,30 +215,48 @@ def induction_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
     return Claim(text, rule, measured, verdict)
 
 
-def _erring_sets(r: Results) -> list:
-    return [s for s in r.patching.sets.values() if s.patched_on == ERRING]
+def _causal_sets(r: Results) -> list:
+    """The error sets with a selection and an evaluation half (the model errs often enough)."""
+    return [s for s in r.patching.sets.values() if s.evaluation is not None]
+
+
+def _parse_head(node: str) -> tuple[int, int]:
+    layer, h = node[1:].split("H")
+    return int(layer), int(h)
+
+
+def _ablation_verdict(delta, control, c: ClaimsParams) -> str:
+    """Lowers LD (paired interval below 0, p < alpha) and beats the random draws on both the
+    LD and the error rate."""
+    if below(delta) == SUPPORTED and delta.p_value < c.alpha and control.p_ld < c.alpha and control.p_error < c.alpha:
+        return SUPPORTED
+    return CONTRADICTED if above(delta) == SUPPORTED else INCONCLUSIVE
+
+
+def _combined(verdicts: list[str]) -> str:
+    return SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED} else INCONCLUSIVE
 
 
 def head_ablation_error(r: Results, c: ClaimsParams, p: Params) -> Claim:
     text = f"Removing the copying head lowers the error (study: {num(100 * c.study.head_ablation, 1)} points)."
-    rule = ("on an error set the model makes, mean-ablating the heads that patching finds lowers the whole-answer "
-            f"error rate (paired interval below 0, sign-flip p < {num(c.alpha, 2)}) and the logit difference more "
-            f"than random heads do (p < {num(c.alpha, 2)})")
-    sets = [s for s in _erring_sets(r) if s.ablation is not None]
+    rule = ("on the evaluation half of an error set, mean-ablating the heads its selection half chose lowers the "
+            f"logit difference (paired interval below 0, sign-flip p < {num(c.alpha, 2)}), more than layer-matched "
+            f"random heads do for the logit difference and for the error rate (each p < {num(c.alpha, 2)})")
+    sets = [s for s in _causal_sets(r) if s.evaluation.control.draws]
     if not sets:
-        return Claim(text, rule, "no error set on which the model errs has a head past the ablation threshold",
-                     NOT_TESTABLE)
+        why = ("no error set has chosen heads" if _causal_sets(r) else
+               "the model errs on no error set often enough for a held-out test")
+        return Claim(text, rule, why, NOT_APPLICABLE)
     parts, verdicts = [], []
     for s in sets:
-        mean = s.ablation.joint["mean"]
-        d = mean.delta_error_rate
-        heads = ", ".join(head(l, h) for l, h in s.ablation.heads)
-        parts.append(md("{} set, {}: error rate {} after ablation, change {} (p = {}); random heads p = {}", s.name,
-                        heads, est(mean.error_rate), points(d), num(d.p_value, 3), num(s.ablation.p_value, 3)))
-        effect = below(d) == SUPPORTED and d.p_value < c.alpha and s.ablation.p_value < c.alpha
-        verdicts.append(SUPPORTED if effect else CONTRADICTED if above(d) == SUPPORTED else INCONCLUSIVE)
-    verdict = SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED} else INCONCLUSIVE
-    return Claim(text, rule, Md("; ").join(parts), verdict)
+        ev = s.evaluation
+        mean, control = ev.ablation["mean"], ev.control
+        parts.append(md("{} set ({} held-out pairs; {}): error rate 100% → {}, ΔLD {} (p = {}); against {} random "
+                        "sets p = {} (LD) and {} (error rate)", s.name, ev.n_pairs, ", ".join(s.selection.chosen_heads),
+                        est(mean.corrupt.error_rate), est(mean.delta_ld, signed), num(mean.delta_ld.p_value, 3),
+                        control.draws, num(control.p_ld, 3), num(control.p_error, 3)))
+        verdicts.append(_ablation_verdict(mean.delta_ld, control, c))
+    return Claim(text, rule, Md("; ").join(parts), _combined(verdicts))
 
 
 # --- SAE features -----------------------------------------------------------------------
@@ -246,21 +286,22 @@ def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
     for name in r.sae.saes:
         text = md("Ablating that feature lowers the error (study: {} points) ({}).", num(100 * c.study.feature_ablation, 1),
                   name)
-        rule = ("on an error set the model makes, zero-ablating the latents that most favour the error lowers the "
-                f"logit difference (paired interval below 0, p < {num(c.alpha, 2)}) more than random latents of "
-                f"matched activation do (p < {num(c.alpha, 2)})")
-        effects = [(s, e) for s in _erring_sets(r) for e in s.latents if e.sae == name]
+        rule = ("on the evaluation half of an error set, zero-ablating the latents the selection half ranks as "
+                f"favouring the error most lowers the logit difference (paired interval below 0, p < {num(c.alpha, 2)}), "
+                f"more than random latents of matched activation do for the LD and the error rate (each p < "
+                f"{num(c.alpha, 2)})")
+        effects = [(s, e) for s in _causal_sets(r) for e in s.evaluation.latents if e.sae == name]
         if not effects:
-            out.append(Claim(text, rule, "no error set on which the model errs", NOT_TESTABLE))
+            out.append(Claim(text, rule, "the model errs on no error set often enough for a held-out test",
+                             NOT_APPLICABLE))
             continue
-        verdicts = [SUPPORTED if below(e.ablated) == SUPPORTED and e.ablated.p_value < c.alpha and e.p_value < c.alpha
-                    else CONTRADICTED if above(e.ablated) == SUPPORTED else INCONCLUSIVE for _, e in effects]
-        measured = Md("; ").join(md("{} set, latents {}: ΔLD {} (p = {}); random latents p = {}", s.name,
-                                    ", ".join(f"#{l}" for l in e.top), est(e.ablated, signed), num(e.ablated.p_value, 3),
-                                    num(e.p_value, 3)) for s, e in effects)
-        verdict = (SUPPORTED if SUPPORTED in verdicts else CONTRADICTED if set(verdicts) == {CONTRADICTED}
-                   else INCONCLUSIVE)
-        out.append(Claim(text, rule, measured, verdict))
+        measured = Md("; ").join(md("{} set, latents {}: error rate 100% → {}, ΔLD {} (p = {}); random latents p = {} "
+                                    "(LD), {} (error rate)", s.name, ", ".join(f"#{l}" for l in e.latents),
+                                    est(e.ablation.corrupt.error_rate), est(e.ablation.delta_ld, signed),
+                                    num(e.ablation.delta_ld.p_value, 3), num(e.control.p_ld, 3),
+                                    num(e.control.p_error, 3)) for s, e in effects)
+        verdicts = [_ablation_verdict(e.ablation.delta_ld, e.control, c) for _, e in effects]
+        out.append(Claim(text, rule, measured, _combined(verdicts)))
     return out
 
 
@@ -340,11 +381,15 @@ def examples_not_frequency(r: Results, c: ClaimsParams, p: Params) -> Claim:
 
 
 def spacing(r: Results, c: ClaimsParams, p: Params) -> Claim:
-    first = next(iter(r.sae.saes.values()))
-    values = Md(", ").join(md("{} {}", k, prob(v.p_correct, 2)) for k, v in first.spacing.items())
-    return Claim("Spacing does not change the behaviour.",
-                 "a distribution of prompts in each spacing (not measured: one prompt each)",
-                 md("P(correct) on the canonical prompt: {}", values), NOT_TESTABLE)
+    sp = r.patching.examples.spacing
+    rule = (f"the contexts of two doubles written with and without spaces: the share of correct greedy answers "
+            f"differs (exact McNemar p < {num(c.alpha, 2)}: the claim is not reproduced); a larger p shows no "
+            "difference but not equivalence")
+    measured = md("correct {} with spaces, {} without, over the same {} contexts (McNemar p = {})",
+                  est(sp.spaced.correct_rate), est(sp.unspaced.correct_rate), sp.spaced.correct_rate.n,
+                  num(sp.p_value, 3))
+    return Claim("Spacing does not change the behaviour.", rule, measured,
+                 CONTRADICTED if sp.p_value < c.alpha else INCONCLUSIVE)
 
 
 CLAIMS: tuple[Callable[..., Claim | list[Claim]], ...] = (
@@ -354,10 +399,14 @@ CLAIMS: tuple[Callable[..., Claim | list[Claim]], ...] = (
 
 
 def evaluate(results: Results, params: Params) -> list[Claim]:
+    """Every claim, CONTRADICTED named `refuted` on the study's model (results.lens.model is
+    params.claims.study.model) and `not reproduced on this model` on any other."""
+    opposite = REFUTED if results.lens.model == params.claims.study.model else NOT_REPRODUCED
     out: list[Claim] = []
     for rule in CLAIMS:
         made = rule(results, params.claims, params)
-        out.extend(replace(c, key=rule.__name__) for c in (made if isinstance(made, list) else [made]))
+        out.extend(replace(c, key=rule.__name__, verdict=opposite if c.verdict == CONTRADICTED else c.verdict)
+                   for c in (made if isinstance(made, list) else [made]))
     return out
 
 
