@@ -264,9 +264,12 @@ def circuit_ld(model, batch: PairBatch, edges: Bool[Tensor, "sender receiver cla
 
         def hook(act: Tensor, hook) -> Tensor:
             correction = torch.zeros(*act.shape[:2], len(indices), act.shape[-1], device=device)
-            for u in feeders:
-                mask = edges[u, indices].float()  # (receivers, class)
-                correction += torch.einsum("rpd,hc,rpc->rphd", current[u], mask, onehot)
+            if feeders:
+                cur = torch.stack([current[u] for u in feeders])  # (feeder, rows, full, d_model)
+                mask = edges[feeders][:, indices].float()  # (feeder, receiver, class)
+                for c in mask.any(0).any(0).nonzero()[:, 0].tolist():  # one product per class present
+                    summed = torch.einsum("fh,frpd->rphd", mask[:, :, c], cur)
+                    correction += summed * onehot[:, :, c, None, None]
             correction = correction if act.dim() == 4 else correction[:, :, 0]
             return act - correction if complement else clean.receivers[hook.name] + correction
         return hook
@@ -277,6 +280,13 @@ def circuit_ld(model, batch: PairBatch, edges: Bool[Tensor, "sender receiver cla
     hooks += [(name, receive(indices)) for name, indices in _receiver_hooks(graph)]
     with edge_level(model), model.hooks(fwd_hooks=hooks):
         logits = model(batch.full("corrupt").to(device))
+    return answer_outcome(logits, batch, continuing, offset=batch.corrupt.shape[1] - 1).ld[0]
+
+
+@torch.no_grad()
+def plain_ld(model, batch: PairBatch, side: str, continuing: Tensor) -> Float[Tensor, "batch"]:
+    """LD of one side's plain run: the whole graph is the corrupt run, the empty one the clean."""
+    logits = model(batch.full(side).to(model.cfg.device))
     return answer_outcome(logits, batch, continuing, offset=batch.corrupt.shape[1] - 1).ld[0]
 
 

@@ -420,9 +420,9 @@ def circuit_result(model, params: Params, groups, sel: Chosen) -> CircuitResult:
     continuing = continues_number(model)
     graph = circuit.graph_of(model)
     prepared = [(batch, circuit.position_classes(batch, equals), circuit.clean_run(model, batch)) for _, batch in groups]
-    whole = graph.valid[..., None].expand(-1, -1, len(circuit.CLASSES))
-    corrupt = _ld_of(model, groups, prepared, whole, continuing)
-    clean = _ld_of(model, groups, prepared, torch.zeros_like(whole), continuing)
+    n = sum(len(batch.corrupt) for _, batch in groups)
+    corrupt, clean = (_gather(groups, [circuit.plain_ld(model, batch, side, continuing) for _, batch in groups], n)
+                      for side in ("corrupt", "clean"))
 
     def share(ld: Tensor) -> Estimate:
         return ratio_of_means(ld - clean, corrupt - clean, stats.bootstrap_resamples, params.seed, stats.ci_level)
