@@ -367,7 +367,7 @@ def test_an_object_altered_on_an_http_remote_is_refused_by_the_pull_and_by_the_p
     relative = f"data/{MODEL}/patching.json"
     altered = _object_of(remote, outputs(repo)[relative])
     results = json.loads(altered.read_text())
-    results["sets"]["copy"]["description"] = "[click](javascript:alert(1)) altered on the remote"
+    results["sets"]["all3"]["about"] = "[click](javascript:alert(1)) altered on the remote"
     altered.write_text(json.dumps(results))
     clone = root / "altered-clone"
     run(["git", "clone", "-q", str(repo), str(clone)], root)
