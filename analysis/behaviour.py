@@ -24,6 +24,13 @@ then 6"), an operand, the last operand plus one (5 + 5 = 6), off by one, or none
 The most frequent wrong answers are counted, per condition. Each class rate comes with the rate a
 uniformly random wrong number in 0..2*max_operand would have.
 
+Inside the chat template (an instruct model's own format): the zero-shot and study-context
+queries sent as the user's message through the tokenizer's chat template, the reply
+decoded greedily and read as the number after the query's "a + b =" if the reply repeats
+it, else after "answer is", else a number it starts with (a reply about something else
+has no answer). Paired with the plain prompts' greedy answers on the
+same queries (exact McNemar). Models without a chat template (GPT-2) skip it.
+
 Frequency bias: the probability of each number as a whole answer after neutral contexts
 that ask for no sum (the model's prior over numbers), against its probability as the
 answer to the canonical query zero-shot and few-shot.
@@ -35,6 +42,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import re
+
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -45,9 +54,9 @@ from analysis.params import Params
 from analysis.plotting import COLORS, styled
 from analysis.arithmetic import ArithmeticPrompt, all_pairs, few_shot_contexts, parse_arithmetic
 from analysis.prompts import PreparedPrompt, prepare_prompt
-from analysis.scoring import continues_number, score_and_read, score_answers, shared_lengths
+from analysis.scoring import continues_number, greedy_answers, score_and_read, score_answers, shared_lengths
 from analysis.stage import run_stage
-from analysis.stats import Estimate, context_bootstrap
+from analysis.stats import Estimate, context_bootstrap, mcnemar_p_value, proportion
 
 STAGE = "behaviour"
 # What `dvc metrics show` lists for this stage (paths into the results, fnmatch patterns).
@@ -151,6 +160,37 @@ def compute_number_probs(model, contexts: list[str], numbers: list[int], continu
 
 # --- results ---------------------------------------------------------------------------
 
+def read_reply(text: str, query: tuple[int, int]) -> int | None:
+    """The number a chat reply gives for a + b: after "a + b =" if the reply repeats the
+    query, else after "answer is", else a number the reply starts with; None otherwise
+    (a reply about something else, or one that only quotes the examples)."""
+    text = text.split("<|im_end|>")[0]
+    a, b = query
+    found = (re.search(rf"(?<!\d){a}\s*\+\s*{b}\s*=\s*(\d+)", text)
+             or re.search(r"answer is:?\s*(\d+)", text, flags=re.IGNORECASE) or re.match(r"\s*(\d+)", text))
+    return int(found.group(1)) if found else None
+
+
+def chat_tokens(model, text: str) -> Int[Tensor, "pos"] | None:
+    """The text as the user's message in the tokenizer's chat template, the assistant's turn
+    opened; None if the tokenizer has no template."""
+    if not getattr(model.tokenizer, "chat_template", None):
+        return None
+    ids = model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              tokenize=True)
+    return torch.tensor(list(ids["input_ids"] if hasattr(ids, "keys") else ids), dtype=torch.long)
+
+
+@torch.no_grad()
+def compute_chat(model, prompts: list[ArithmeticPrompt], max_tokens: int) -> tuple[list[int | None], list[str]] | None:
+    """Every prompt's greedy reply inside the chat template, read as a number."""
+    contexts = [chat_tokens(model, p.text) for p in prompts]
+    if contexts[0] is None:
+        return None
+    _, texts = greedy_answers(model, contexts, max_tokens)
+    return [read_reply(t, p.query) for t, p in zip(texts, prompts, strict=True)], texts
+
+
 class Item(Schema):
     prompt: str
     answers: list[int | None]  # per context
@@ -189,6 +229,23 @@ class FrequencyResult(Schema):
     correct: int
 
 
+class ChatCondition(Schema):
+    correct: Estimate  # greedy reply read as the right number, exact interval over the queries
+    plain_correct: Estimate  # the same queries without the template (the condition's own answers)
+    became_correct: int  # queries right in the template and wrong without it
+    became_wrong: int
+    p_mcnemar: float
+    n_unreadable: int  # replies with no number
+    frequent_wrong: list[list[int]]
+    study_reply: str  # the reply to the study's query (5 + 5), as decoded
+
+
+class ChatResult(Schema):
+    example: str  # the study's prompt as the model saw it inside the template
+    max_tokens: int
+    conditions: dict[str, ChatCondition]  # zero_shot, study_context
+
+
 class BehaviourMetrics(StageResults):
     model: Name
     ci_level: Level
@@ -198,6 +255,7 @@ class BehaviourMetrics(StageResults):
     # error probability with examples minus without, on the same queries (paired)
     error_vs_zero_shot: dict[str, Estimate]  # few_shot, study_context
     frequency: FrequencyResult
+    chat: ChatResult | None  # None: the model has no chat template
 
 
 def _estimate(values: Tensor, mask: Tensor | None, params: Params, minus: Tensor | None = None,
@@ -255,6 +313,35 @@ def summarize_condition(data: ConditionData, description: str, params: Params) -
     )
 
 
+def summarize_chat(replies: list[int | None], texts: list[str], prompts: list[ArithmeticPrompt],
+                   plain: Tensor, level: float) -> ChatCondition:
+    """Right-answer rates in the template and without it on the same queries (paired)."""
+    truth = torch.tensor([p.answer for p in prompts])
+    answers = torch.tensor([-1 if r is None else r for r in replies])
+    chat, plain = answers == truth, plain.bool()
+    study = [i for i, p in enumerate(prompts) if p.query == (5, 5)]
+    became, ceased = int((chat & ~plain).sum()), int((~chat & plain).sum())
+    return ChatCondition(correct=proportion(int(chat.sum()), len(chat), level),
+                         plain_correct=proportion(int(plain.sum()), len(plain), level),
+                         became_correct=became, became_wrong=ceased, p_mcnemar=mcnemar_p_value(became, ceased),
+                         n_unreadable=int((answers < 0).sum()), frequent_wrong=frequent_wrong(answers[None], ~chat[None]),
+                         study_reply=texts[study[0]].split("<|im_end|>")[0] if study else "")
+
+
+def run_chat(model, params: Params, prompts: dict[str, list[ArithmeticPrompt]], plain: dict[str, Tensor],
+             tensors: dict[str, Tensor]) -> ChatResult | None:
+    max_tokens = params.behaviour.chat_max_tokens
+    conditions = {}
+    for name, queries in prompts.items():
+        read = compute_chat(model, queries, max_tokens)
+        if read is None:
+            return None
+        conditions[name] = summarize_chat(*read, queries, plain[name], params.stats.ci_level)
+        tensors[f"chat/{name}/answers"] = torch.tensor([-1 if r is None else r for r in read[0]])
+    canonical = model.tokenizer.decode(chat_tokens(model, params.prompt.canonical).tolist())
+    return ChatResult(example=canonical, max_tokens=max_tokens, conditions=conditions)
+
+
 def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
     settings = params.behaviour
     continuing = continues_number(model)
@@ -269,10 +356,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
         "few_shot": f"{settings.n_shots} random solved examples, {settings.n_contexts} seeded contexts",
         "study_context": "the canonical prompt's examples",
     }
-    results, tensors, error = {}, {}, {}
+    results, tensors, error, single, plain = {}, {}, {}, {}, {}
     for name in CONDITIONS:
-        data = compute_condition(model, condition_prompts(contexts[name], settings.max_operand),
-                                 settings.max_answer_tokens, continuing)
+        prompts = condition_prompts(contexts[name], settings.max_operand)
+        data = compute_condition(model, prompts, settings.max_answer_tokens, continuing)
+        if len(prompts) == 1:
+            single[name], plain[name] = prompts[0], data.correct[0]
         results[name] = summarize_condition(data, descriptions[name], params)
         error[name] = 1 - data.p_correct.double()
         size = settings.max_operand + 1
@@ -294,11 +383,12 @@ def run(model, params: Params, key: str, paths: StagePaths) -> BehaviourMetrics:
     )
     tensors["frequency/prior_by_context"] = prior
     tensors["frequency/on_prompts"] = on_prompts
+    chat = run_chat(model, params, single, plain, tensors)
     paired = {name: _estimate(error[name], None, params, error["zero_shot"].expand_as(error[name]))
               for name in ("few_shot", "study_context")}
     metrics = BehaviourMetrics(model=key, ci_level=params.stats.ci_level, max_operand=settings.max_operand,
                                n_pairs=(settings.max_operand + 1) ** 2, conditions=results,
-                               error_vs_zero_shot=paired, frequency=frequency)
+                               error_vs_zero_shot=paired, frequency=frequency, chat=chat)
     save_tensors(paths.tensors, tensors)
     save_json(paths.results, metrics)
     return metrics

@@ -1,6 +1,6 @@
 """Circuits from edge attribution: EAP-IG scores over the graph of heads and MLPs, edges
-ablated one class of positions at a time, and a circuit's faithfulness, completeness and
-minimality (Hanna et al. 2024, "Have faith in faithfulness").
+ablated one class of positions at a time, and a circuit's faithfulness, the share kept
+without it, and minimality (Hanna et al. 2024, "Have faith in faithfulness").
 
 The graph: senders are the input (the residual stream entering block 0), every head's
 output (from hook_z) and every MLP's output; receivers are every head's query, key and
@@ -16,8 +16,9 @@ it carrying the clean run's value of its sender: each receiver reads the clean r
 stream plus, for each circuit edge, its sender's current output minus its clean output.
 The whole graph is the corrupt run, the empty circuit the clean run. Faithfulness is
 (LD(circuit) - LD(clean)) / (LD(corrupt) - LD(clean)): the share of the error's logit
-difference the circuit keeps; completeness is 1 - the same share with the circuit's edges
-removed from the whole graph (what the rest keeps); a node's minimality is how much
+difference the circuit keeps; the share kept without it is the same ratio with the
+circuit's edges ablated and every other edge intact (the faithfulness of the complement,
+how completeness is measured by Marks et al. 2024: near 0 when the circuit is complete); a node's minimality is how much
 faithfulness drops without that node's edges.
 
 EAP-IG scores an edge by its sender's clean-minus-corrupt output times the gradient of LD
@@ -226,17 +227,19 @@ class CleanRun:
 
     senders: Float[Tensor, "sender rows full d_model"]
     receivers: dict[str, Tensor]  # hook name -> the clean residual stream that hook's receivers read
+    ld: Float[Tensor, "batch"]  # the clean run's LD (the empty circuit's)
 
 
 @torch.no_grad()
-def clean_run(model, batch: PairBatch) -> CleanRun:
+def clean_run(model, batch: PairBatch, continuing: Tensor) -> CleanRun:
     graph = graph_of(model)
     with edge_level(model):
         tokens = batch.full("clean").to(model.cfg.device)
         names = {name for name, _ in _receiver_hooks(graph)}
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
         receivers = {name: cache[name] for name in names}
-        return CleanRun(sender_outputs(model, graph, tokens), receivers)
+        ld = answer_outcome(logits, batch, continuing, offset=batch.corrupt.shape[1] - 1).ld[0]
+        return CleanRun(sender_outputs(model, graph, tokens), receivers, ld)
 
 
 @torch.no_grad()

@@ -108,7 +108,9 @@ class CircuitResult(Schema):
     steps_overlap: Prob  # of the top edges at `steps`, the share also top at twice as many (first batch)
     sizes: list[int]
     faithfulness: list[Estimate]  # per size: (LD_C - LD_clean) / (LD_corrupt - LD_clean), evaluation half
-    completeness: list[Estimate]  # per size: 1 - the same share with the circuit removed
+    # per size: the same share with the circuit's edges ablated and the rest of the graph
+    # intact (the faithfulness of the complement; near 0: nothing outside the circuit carries it)
+    kept_without: list[Estimate]
     size: int  # the circuit drawn
     faithfulness_at_size: Estimate
     edges: list[Edge]  # the circuit drawn

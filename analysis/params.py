@@ -224,6 +224,7 @@ class BehaviourParams(Section):
     n_contexts: PositiveInt
     context_seed: Seed
     max_answer_tokens: Annotated[int, Field(strict=True, gt=0, le=16)]
+    chat_max_tokens: Annotated[int, Field(strict=True, gt=0, le=64)]
     neutral_contexts: Annotated[list[Text], Field(min_length=1, max_length=100)]
 
 
@@ -276,6 +277,7 @@ class PatchingParams(Section):
     circuit: list[Text]  # of those, the sets whose circuit is found (EAP-IG)
     n_pairs: Annotated[int, Field(strict=True, ge=4, le=MAX_PROMPTS)]  # pairs per set for its behaviour
     min_erring: Annotated[int, Field(strict=True, ge=4, le=MAX_PROMPTS)]  # erring pairs a causal analysis needs
+    max_erring: Annotated[int, Field(strict=True, ge=4, le=MAX_PROMPTS)]  # ... and uses at most (the first ones)
     max_pairs: Annotated[int, Field(strict=True, ge=4, le=MAX_PROMPTS)]  # pairs generated per causal set at most
     max_operand: Annotated[int, Field(strict=True, ge=2, le=99)]
     seed: Seed  # the pairs

@@ -210,6 +210,8 @@ def _check_patching(params: Params) -> None:
             raise ParamsError(f"{field}.error", spec.error, "the wrong answer to collect, e.g. last_operand_plus_one")
     if s.circuit_size not in s.circuit_sizes:
         raise ParamsError("patching.circuit_size", s.circuit_size, f"one of patching.circuit_sizes ({s.circuit_sizes})")
+    if s.max_erring < s.min_erring:
+        raise ParamsError("patching.max_erring", s.max_erring, f"at least patching.min_erring ({s.min_erring})")
     if s.max_pairs < s.n_pairs:
         raise ParamsError("patching.max_pairs", s.max_pairs, f"at least patching.n_pairs ({s.n_pairs})")
 

@@ -8,7 +8,8 @@ Error sets (params: patching.sets): prompt pairs of a corrupt context that shoul
 the error W and a clean one of the same token length with the same query. For every set,
 the error and correct-answer rates after each context, with exact intervals. A set in
 `patching.causal` is generated until it holds `min_erring` pairs on which the model gives
-W after the corrupt context (at most `max_pairs`); those pairs are split at random into a
+W after the corrupt context (at most `max_pairs`); the first `max_erring` of those pairs
+(in the seeded order they were generated) are split at random into a
 selection half and an evaluation half. Everything that is chosen (heads, latents, the
 circuit and its size) is chosen on the selection half; every effect stated is measured on
 the evaluation half:
@@ -22,7 +23,7 @@ the evaluation half:
   final position (LD, error and correct-answer rates, on the corrupt and on the clean
   prompts), against `random_draws` layer-matched random head sets (separate p for LD and
   for the error rate); the chosen latents zeroed against activation-matched random ones;
-  the circuit's faithfulness and completeness at every size, each node's minimality, and
+  the circuit's faithfulness and the share kept without it at every size, each node's minimality, and
   the top edges patched exactly.
 
 The metric is the whole-answer LD = log P(W) - log P(C) (analysis/causal.py); normalised
@@ -159,7 +160,7 @@ def analyse_set(model, params: Params, name: str, spec: ErrorSetParams, saes: di
                        selection=None, evaluation=None)
     if name not in s.causal or len(erring) < s.min_erring:
         return result, {}
-    chosen, held_out = split(erring, s.split_seed)
+    chosen, held_out = split(erring[: s.max_erring], s.split_seed)
     with timed(f"{name} set: selection ({len(chosen)} pairs)"):
         sel = select(model, params, name, [items[i] for i in chosen], saes)
     with timed(f"{name} set: evaluation ({len(held_out)} pairs)"):
@@ -248,7 +249,7 @@ def select(model, params: Params, name: str, items: list[Prepared], saes: dict[s
     chosen = [node for i, node in enumerate(nodes) if node[1] is not None and normalised
               and adjusted[i] < s.alpha and effect[:, i].mean() >= s.min_effect]
     with timed("  residual stream maps"):
-        resid = resid_maps(model, params, groups, runs, attributions, scale)
+        resid = resid_maps(model, params, groups, runs, attributions, ld, scale)
     mlp_nodes = [i for i, node in enumerate(nodes) if node[1] is None]
     head_nodes = [i for i, node in enumerate(nodes) if node[1] is not None]
     exact_means = effect.mean(0)
@@ -275,7 +276,8 @@ def select(model, params: Params, name: str, items: list[Prepared], saes: dict[s
     return Chosen(result, normalised, gap, chosen, values, latents, scores, overlap, tensors)
 
 
-def resid_maps(model, params: Params, groups, runs: list[Runs], attributions, scale: float) -> dict:
+def resid_maps(model, params: Params, groups, runs: list[Runs], attributions, ld: dict[str, Tensor], scale: float
+               ) -> dict:
     """Residual-stream patching (both ways) at the changed tokens and the last positions,
     every `resid_layer_stride` layers, with attribution at the same sites and the share of
     layers where attribution has the exact effect's sign."""
@@ -288,7 +290,6 @@ def resid_maps(model, params: Params, groups, runs: list[Runs], attributions, sc
         maps.append(causal.compute_resid_patching(model, r, sites, layers).transpose(0, 1))
         attrs.append(torch.stack([(a.resid * m[:, None, :]).sum(-1) for m in sites], dim=-1)[:, layers])
     both = _gather(groups, maps, n)
-    ld = {side: _gather(groups, [r.base[side].ld[0] for r in runs], n) for side in causal.SIDES}
     exact = (both[:, 0] - ld["corrupt"][:, None, None]) / scale
     reverse = (ld["clean"][:, None, None] - both[:, 1]) / scale
     attribution = _gather(groups, attrs, n) / scale
@@ -311,12 +312,12 @@ def eap_ig(model, params: Params, groups) -> tuple[Tensor, float]:
     s = params.patching
     equals = model.tokenizer.convert_tokens_to_ids("=")
     total, overlap, left = None, 1.0, s.eap_ig_pairs
+    continuing = continues_number(model)
     for _, batch in groups:
         for start in range(0, min(len(batch.corrupt), left), 8):
             end = min(start + 8, left)
             part = causal.PairBatch(*(t[start:end] for t in (batch.corrupt, batch.clean, batch.answers, batch.lengths)))
             classes = circuit.position_classes(part, equals)
-            continuing = continues_number(model)
             scores = circuit.eap_ig_scores(model, part, classes, continuing, s.eap_ig_steps)
             if total is None:
                 finer = circuit.eap_ig_scores(model, part, classes, continuing, 2 * s.eap_ig_steps)
@@ -413,16 +414,17 @@ def latent_result(model, params: Params, runs: list[Runs], before: dict[str, Out
 
 
 def circuit_result(model, params: Params, groups, sel: Chosen) -> CircuitResult:
-    """Faithfulness and its complement at every size, the drawn circuit with each node's
+    """Faithfulness, and the share kept without the circuit, at every size, the drawn circuit with each node's
     minimality, and the top edges patched exactly, all on the evaluation half."""
     s, stats = params.patching, params.stats
     equals = model.tokenizer.convert_tokens_to_ids("=")
     continuing = continues_number(model)
     graph = circuit.graph_of(model)
-    prepared = [(batch, circuit.position_classes(batch, equals), circuit.clean_run(model, batch)) for _, batch in groups]
+    prepared = [(batch, circuit.position_classes(batch, equals), circuit.clean_run(model, batch, continuing))
+                for _, batch in groups]
     n = sum(len(batch.corrupt) for _, batch in groups)
-    corrupt, clean = (_gather(groups, [circuit.plain_ld(model, batch, side, continuing) for _, batch in groups], n)
-                      for side in ("corrupt", "clean"))
+    corrupt = _gather(groups, [circuit.plain_ld(model, batch, "corrupt", continuing) for _, batch in groups], n)
+    clean = _gather(groups, [clean_run.ld for _, _, clean_run in prepared], n)
 
     def share(ld: Tensor) -> Estimate:
         return ratio_of_means(ld - clean, corrupt - clean, stats.bootstrap_resamples, params.seed, stats.ci_level)
@@ -431,11 +433,11 @@ def circuit_result(model, params: Params, groups, sel: Chosen) -> CircuitResult:
         return _ld_of(model, groups, prepared, edges, continuing, complement)
 
     sizes = [k for k in s.circuit_sizes if k <= int((sel.scores != 0).sum())]
-    faithfulness, complement = [], []
+    faithfulness, kept_without = [], []
     for k in progress(sizes, "circuits", unit="size"):
         edges = circuit.top_edges(sel.scores, k)
         faithfulness.append(share(run(edges)))
-        complement.append(share(run(edges, complement=True)))
+        kept_without.append(share(run(edges, complement=True)))
     drawn = circuit.top_edges(sel.scores, s.circuit_size)
     drawn_ld = run(drawn)
     minimality = {node: ratio_of_means(drawn_ld - run(circuit.node_edges(graph, drawn, node)), corrupt - clean,
@@ -444,7 +446,7 @@ def circuit_result(model, params: Params, groups, sel: Chosen) -> CircuitResult:
     confirmed = confirm_edges(model, params, groups, prepared, sel.scores, graph, continuing, corrupt)
     return CircuitResult(
         steps=s.eap_ig_steps, steps_overlap=sel.steps_overlap, sizes=sizes, faithfulness=faithfulness,
-        completeness=complement, size=s.circuit_size, faithfulness_at_size=share(drawn_ld),
+        kept_without=kept_without, size=s.circuit_size, faithfulness_at_size=share(drawn_ld),
         edges=[_edge(graph, sel.scores, u, v, c) for u, v, c in drawn.nonzero().tolist()], minimality=minimality,
         confirmed=confirmed,
         agreement=spearman(torch.tensor([e.score for e in confirmed]), torch.tensor([e.exact.mean for e in confirmed])))

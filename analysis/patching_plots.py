@@ -145,7 +145,7 @@ def _layer_of(node: str) -> int:
 @styled
 def plot_circuit(metrics) -> Figure:
     """Left: the circuit at the params' size, nodes by layer, edges by EAP-IG score (red: the
-    edge moves LD towards the error). Right: faithfulness and completeness against size on
+    edge moves LD towards the error). Right: faithfulness and the share kept without the circuit against size on
     the evaluation half, percentile-bootstrap intervals."""
     found = circuit_set(metrics)
     fig = Figure(figsize=(6.8, 3.4), layout="constrained")
@@ -185,7 +185,7 @@ def plot_circuit(metrics) -> Figure:
     left.set_title(f"{name}: top {c.size} edges, faithfulness {f.mean:.2f} [{f.low:.2f}, {f.high:.2f}], "
                    f"n = {f.n}", fontsize=7)
     for estimates, label, color in ((c.faithfulness, "faithfulness (circuit kept)", COLORS["accent"]),
-                                    (c.completeness, "completeness (circuit removed)", COLORS["control"])):
+                                    (c.kept_without, "kept without it (circuit ablated)", COLORS["control"])):
         right.errorbar(c.sizes, [e.mean for e in estimates], yerr=error_bars(estimates), fmt="o-", capsize=2,
                        markersize=3, color=color, label=label)
     right.set_xscale("log")

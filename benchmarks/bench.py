@@ -54,7 +54,7 @@ WORKLOAD = {
     "behaviour": ("behaviour.n_contexts",),
     "sae_train": ("sae_train.corpus.prose_windows", "sae_train.corpus.arithmetic_windows"),
     "sae": ("family.n_prompts",),
-    "patching": ("patching.n_pairs", "patching.min_erring", "patching.max_pairs"),
+    "patching": ("patching.n_pairs", "patching.min_erring", "patching.max_erring", "patching.max_pairs"),
 }
 
 

@@ -118,3 +118,43 @@ def test_stage_on_a_tiny_model(tmp_path):
     assert metrics.error_vs_zero_shot["few_shot"].mean == pytest.approx(
         (1 - p_correct.double()).mean().item() - zero_error.mean().item())
     assert metrics.ci_level == params.stats.ci_level
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("The answer is: 5 + 5 = 9.<|im_end|>\n5 + 5 = 3", 9),  # the query repeated; nothing after the turn's end
+    ("The answer is 5.", 5),
+    ("10, since five and five make ten", 10),
+    ("The original equation 1 + 1 = 2 holds", None),  # quotes an example, answers nothing
+    ("This is a classic example of a mathematical identity", None),
+    ("15 + 5 = 20, and 5 + 5 = 11", 11),  # "5 + 5" inside "15 + 5" is not the query
+])
+def test_chat_replies_are_read_as_the_number_they_give_for_the_query(reply, expected):
+    assert behaviour.read_reply(reply, (5, 5)) == expected
+
+
+def test_chat_condition_pairs_each_query_with_its_plain_answer():
+    prompts = [ArithmeticPrompt(CANONICAL.shots, q) for q in ((5, 5), (1, 2), (3, 3), (4, 0))]
+    plain = torch.tensor([0.0, 1.0, 1.0, 0.0])  # right without the template on (1, 2) and (3, 3)
+    result = behaviour.summarize_chat([10, 3, 7, None], ["10<|im_end|>junk", "3", "7", "no"], prompts, plain, 0.95)
+    assert (result.correct.mean, result.plain_correct.mean) == (0.5, 0.5)
+    assert (result.became_correct, result.became_wrong, result.n_unreadable) == (1, 1, 1)
+    assert result.p_mcnemar == 1.0 and result.study_reply == "10" and result.frequent_wrong == [[7, 1]]
+    assert result.correct.method == "Clopper-Pearson" and result.correct.high < 1
+
+
+def test_stage_reads_replies_inside_the_chat_template_when_the_tokenizer_has_one(tmp_path):
+    model = tiny_model(char_tokenizer(), n_layers=1, seed=0)
+    params = make_params(**{"behaviour.max_operand": 3, "behaviour.n_contexts": 2, "behaviour.chat_max_tokens": 4,
+                            "stats.bootstrap_resamples": 100})
+    plain = behaviour.run(model, params, "m", StagePaths("m", "behaviour", root=tmp_path / "a"))
+    assert plain.chat is None  # no template: not applicable, nothing invented
+    model.tokenizer.chat_template = "{% for m in messages %}q: {{ m['content'] }}\na:{% endfor %}"
+    paths = StagePaths("m", "behaviour", root=tmp_path / "b")
+    metrics = behaviour.run(model, params, "m", paths)
+    _, tensors = behaviour.load_results(paths)
+    assert metrics.chat.example == "q: " + params.prompt.canonical + "\na:"
+    for name in ("zero_shot", "study_context"):
+        chat = metrics.chat.conditions[name]
+        truth = torch.tensor([a + b for a, b in behaviour.all_pairs(3)])
+        assert chat.correct.n == 16 and chat.correct.mean == (tensors[f"chat/{name}/answers"] == truth).double().mean()
+        assert chat.plain_correct.mean == metrics.conditions[name].accuracy["all"].mean

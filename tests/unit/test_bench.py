@@ -40,6 +40,7 @@ def test_scaled_params_multiply_only_the_stages_workload():
     doubled = bench.scaled_params(raw, "patching", 2)
     assert doubled.patching.n_pairs == 2 * raw["patching"]["n_pairs"]
     assert doubled.patching.min_erring == 2 * raw["patching"]["min_erring"]
+    assert doubled.patching.max_erring == 2 * raw["patching"]["max_erring"]
     assert doubled.family.n_prompts == raw["family"]["n_prompts"]
     quarter = bench.scaled_params(raw, "heads", 0.25)
     assert quarter.family.n_prompts == raw["family"]["n_prompts"] // 4

@@ -21,7 +21,7 @@ def _setup(model, single_token: bool = False):
     classes = circuit.position_classes(batch, equals)
     continuing = (torch.zeros(model.cfg.d_vocab, dtype=torch.bool) if single_token
                   else causal.continues_number(model))
-    return batch, classes, continuing, circuit.clean_run(model, batch)
+    return batch, classes, continuing, circuit.clean_run(model, batch, continuing)
 
 
 @pytest.fixture(scope="module", params=["absolute", "rotary"])
@@ -47,6 +47,7 @@ def test_the_whole_graph_is_the_corrupt_run_and_the_empty_circuit_the_clean_run(
                                         (none, True, corrupt)):
         got = circuit.circuit_ld(model, batch, edges, classes, clean, continuing, complement=complement)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(clean.ld, clean_ld, atol=1e-4, rtol=0)  # the clean run's own LD, read once
 
 
 def test_one_edge_ablated_alone_changes_ld_as_path_patching_says(setup):

@@ -114,7 +114,7 @@ def test_controls_have_their_draws_and_their_floor(staged):
 def test_the_circuit_is_reported_at_every_size_with_its_edges(staged):
     _, metrics, _ = staged
     c = metrics.sets["all3"].evaluation.circuit
-    assert c.sizes == [2, 5, 10, 20, 40] and len(c.faithfulness) == len(c.completeness) == 5
+    assert c.sizes == [2, 5, 10, 20, 40] and len(c.faithfulness) == len(c.kept_without) == 5
     assert len(c.edges) == 5 and c.size == 5
     assert all(e.low <= e.mean <= e.high for e in c.faithfulness if e.low is not None)
     assert [abs(e.score) for e in c.confirmed] == sorted((abs(e.score) for e in c.confirmed), reverse=True)
