@@ -242,11 +242,8 @@ def gguf_path(spec: ModelParams) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def hooked_config_from_llama(hf_config, spec: ModelParams, device: str, folded: bool = False):

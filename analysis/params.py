@@ -300,6 +300,15 @@ class PatchingParams(Section):
     confirm_edges: PositiveInt  # top edges confirmed by exact edge patching
 
 
+class SaeSeedsParams(Section):
+    stage: ClassVar = StageSpec(shared=("prompt", "family", "sae_train"),
+                                reads=("sae_train:dir", "sae_train:results", "sae:results", "patching:results"),
+                                paper=("results",), uses_saes=True)
+    seeds: Annotated[list[Seed], Field(min_length=1, max_length=10)]  # beside sae_train.seed
+    match_threshold: Annotated[float, Field(strict=True, gt=0, le=1)]  # decoder cosine that finds a latent again
+    top: PositiveInt  # top latents by activation on the prompt whose matches are compared
+
+
 class StudyFacts(Section):
     """Numbers Yamada (2026) reports, cited beside the measurements that test them."""
 
@@ -376,6 +385,7 @@ class Params(Section):
     sae_train: SaeTrainParams
     sae: SaeAnalysisParams
     patching: PatchingParams
+    sae_seeds: SaeSeedsParams
     claims: ClaimsParams
     paper: PaperParams
     verify: VerifyParams

@@ -216,7 +216,17 @@ def _check_patching(params: Params) -> None:
         raise ParamsError("patching.max_pairs", s.max_pairs, f"at least patching.n_pairs ({s.n_pairs})")
 
 
+def _check_sae_seeds(params: Params) -> None:
+    seeds = params.sae_seeds.seeds
+    if params.sae_train.seed in seeds or len(set(seeds)) < len(seeds):
+        raise ParamsError("sae_seeds.seeds", seeds, f"distinct seeds other than sae_train.seed ({params.sae_train.seed})")
+    smallest = min((s.d_sae for m in params.models.values() for s in m.saes.values() if s.source == "trained"),
+                   default=None)
+    if smallest is not None and params.sae_seeds.top > smallest:
+        raise ParamsError("sae_seeds.top", params.sae_seeds.top, f"at most the smallest trained SAE's d_sae ({smallest})")
+
+
 CHECKS = (_check_models, _check_context, _check_prompts, _check_answers, _check_operands, _check_family,
-          _check_behaviour, _check_patching)
+          _check_behaviour, _check_patching, _check_sae_seeds)
 
 

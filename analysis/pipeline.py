@@ -224,11 +224,8 @@ def recorded_md5(root: Path = REPO) -> dict[str, str]:
 def file_md5(path: Path) -> str:
     import hashlib
 
-    digest = hashlib.md5()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def check_recorded_md5(paths: Iterable[str], root: Path = REPO) -> dict[str, str]:

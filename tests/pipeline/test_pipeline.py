@@ -344,6 +344,31 @@ def test_verify_agrees_with_the_results_and_names_a_number_changed_beyond_tolera
     assert f"data/{MODEL}/heads.json.dla_total: " in changed.stdout and "1 out of tolerance" in changed.stdout
 
 
+def test_verify_judges_each_stage_on_the_results_present_and_names_a_changed_printed_number(workspace):
+    """An upstream result that its recomputation does not reproduce fails that stage alone:
+    the stage reading it is recomputed from it and agrees; the paper rebuilt from the
+    recomputed results names the printed number that changed."""
+    repo = workspace["repo"]
+    path = repo / f"data/{MODEL}/sae_train.json"
+    good = path.read_text()
+    results = json.loads(good)
+    windows = results["corpus"]["n_train_windows"]
+    results["corpus"]["n_train_windows"] = windows + 1000
+    path.write_text(json.dumps(results))
+    try:
+        checked = run([sys.executable, "-m", "analysis.verify", "--model", MODEL, "--stage", "sae_train",
+                       "--stage", "sae"], repo, check=False)
+    finally:
+        path.write_text(good)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    lines = {line.split(":")[0]: line for line in checked.stdout.splitlines() if not line.startswith(" ")}
+    assert "1 out of tolerance" in lines["sae_train"] and lines["sae"].endswith(": ok")
+    assert f"corpus.n_train_windows: {windows + 1000} here, {windows} recomputed" in checked.stdout
+    printed = checked.stdout.split("\npaper: ")[1].splitlines()
+    assert printed[0].endswith("changed:") and not printed[0].startswith("0 "), printed
+    assert any(f"{n} here, {windows} recomputed" in line for line in printed for n in (windows + 1000, f"{windows + 1000:,}"))
+
+
 def _served_copy_of_the_remote(workspace, name: str) -> Path:
     """A copy of the pushed remote (an author's published folder), to alter without
     touching the one other tests pull from."""

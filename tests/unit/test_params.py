@@ -53,6 +53,8 @@ CASES = [
     ("spacing variant of other sums", {"prompt.spacing_variants.unspaced": "1+1=2. 2+2=4. 6+6="},
      "prompt.spacing_variants.unspaced", "the same sums"),
     ("interval level above 1", {"stats.ci_level": 1.5}, "stats.ci_level", "less than 1"),
+    ("an SAE seed that is sae_train's own", {"sae_seeds.seeds": [0, 1]}, "sae_seeds.seeds", "other than sae_train.seed"),
+    ("a repeated SAE seed", {"sae_seeds.seeds": [3, 3]}, "sae_seeds.seeds", "distinct"),
     ("fewer erring pairs used than needed", {"patching.max_erring": 10}, "patching.max_erring",
      "at least patching.min_erring"),
     ("answer reading too short", {"behaviour.max_answer_tokens": 1}, "behaviour.max_answer_tokens", "at least 3"),
