@@ -98,7 +98,7 @@ repro: setup  ## every stage of every model in params.yaml
 	$(CHECK_PARAMS)
 	dvc repro
 
-verify: setup  ## recompute every stage in a scratch folder; compare each number with the results here
+verify: setup  ## recompute each stage from the results here; compare every number, and the paper's printed numbers
 	$(CHECK_PARAMS)
 	$(BIN)/python -m analysis.verify --model $(MODEL)
 

@@ -53,6 +53,21 @@ class Results:
     behaviour: Any
     sae: Any
     patching: Any
+    seeds: Any = None  # sae_seeds' results, where the build has them
+
+
+def seed_note(r: Results, name: str, latent: int) -> Md:
+    """How a latent of SAE `name` fares in the other training seeds: named with its matches
+    where it holds in every seed, marked seed-specific where it does not."""
+    found = r.seeds.saes.get(name) if r.seeds is not None else None
+    record = next((n for n in found.named if n.latent == latent), None) if found else None
+    if record is None:
+        return md("")
+    seeds = ", ".join(str(m.seed) for m in record.matches)
+    if record.holds:
+        return md(" (found again in seeds {} as {})", seeds, ", ".join(f"#{m.latent}" for m in record.matches))
+    return md(" (seed-specific: best decoder match in seeds {} at cosine {})", seeds,
+              ", ".join(num(m.cosine, 2) for m in record.matches))
 
 
 def above(e, threshold: float = 0.0) -> str:
@@ -275,8 +290,8 @@ def feature_promotes(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
             continue
         f = s.features[str(s.top_favouring_error[0])]
         up, down = f.logit_contribution["misconception"], f.logit_contribution["correct"]
-        out.append(Claim(text, rule, md("#{} (attribution {}): {} logits to {}, {} to {}", f.id, num(f.attribution, 2),
-                                        num(up, 2), tok(wrong), num(down, 2), tok(right)),
+        out.append(Claim(text, rule, md("#{}{} (attribution {}): {} logits to {}, {} to {}", f.id, seed_note(r, name, f.id),
+                                        num(f.attribution, 2), num(up, 2), tok(wrong), num(down, 2), tok(right)),
                          SUPPORTED if up > 0 > down else CONTRADICTED))
     return out
 
@@ -296,7 +311,8 @@ def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
                              NOT_APPLICABLE))
             continue
         measured = Md("; ").join(md("{} set, latents {}: error rate 100% → {}, ΔLD {} (p = {}); random latents p = {} "
-                                    "(LD), {} (error rate)", s.name, ", ".join(f"#{l}" for l in e.latents),
+                                    "(LD), {} (error rate)", s.name,
+                                    Md(", ").join(md("#{}{}", l, seed_note(r, name, l)) for l in e.latents),
                                     est(e.ablation.corrupt.error_rate), est(e.ablation.delta_ld, signed),
                                     num(e.ablation.delta_ld.p_value, 3), num(e.control.p_ld, 3),
                                     num(e.control.p_error, 3)) for s, e in effects)

@@ -7,6 +7,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from analysis.figurecheck import bind
 from analysis.heads import HeadsMetrics
 from analysis.plotting import COLORS, ablation_bars, styled
 
@@ -37,9 +38,9 @@ def plot_head_scores(metrics: HeadsMetrics):
              "Reds", fig=fig)
     _heatmap(axes[3], metrics.dla, "DLA: logit(misconception) - logit(correct)\n(canonical prompt)",
              "RdBu_r", symmetric=True, fig=fig)
-    for head in metrics.top_heads[:3]:
+    for head in metrics.top_heads:  # every head the heads table lists
         axes[2].scatter([head.head], [head.layer], s=60, facecolors="none", edgecolors="black", linewidths=1)
-    return fig
+    return bind(fig, ns=(metrics.context_answer_attention_family.n_prompts,))  # means only: no interval drawn
 
 
 def token_label(token: str) -> str:
@@ -93,7 +94,7 @@ def plot_attention_patterns(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
         fig.colorbar(image, ax=ax, shrink=0.8, label="attention (first key clipped)")
     for ax in axes[len(heads):]:
         ax.set_visible(False)
-    return fig
+    return bind(fig)  # one prompt: no interval
 
 
 @styled
@@ -115,7 +116,7 @@ def plot_control_comparison(metrics: HeadsMetrics, tensors: dict[str, Tensor]):
             ax.set_title(f"{_head_title(metrics, layer, head)}: canonical prompt" if col == 0 else "control prompt",
                          fontsize=8)
         axes[row, 0].set_ylabel("attention from\nfinal position")
-    return fig
+    return bind(fig)  # two prompts: no interval
 
 
 @styled
@@ -125,7 +126,7 @@ def plot_head_ablation(metrics: HeadsMetrics):
 
     fig = Figure(figsize=(6.8, 2.6), layout="constrained")
     ax = fig.subplots()
-    ablation_bars(ax, [f"L{a.layer}H{a.head}" for a in metrics.ablations], [a.family for a in metrics.ablations])
-    n = metrics.context_answer_attention_family.n_prompts
-    ax.set_title(f"{metrics.ablation}-ablating one head, prompt family (n = {n})")
-    return fig
+    drawn = ablation_bars(ax, [f"L{a.layer}H{a.head}" for a in metrics.ablations],
+                          [a.family for a in metrics.ablations])
+    ax.set_title(f"{metrics.ablation}-ablating one head, prompt family")
+    return bind(fig, drawn)

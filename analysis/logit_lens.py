@@ -27,8 +27,6 @@ from torch import Tensor
 from analysis.artifacts import (Answer, Level, Name, Prob, Schema, StagePaths, StageResults, load_json, load_tensors,
                                 save_json, save_tensors)
 from analysis.params import Params
-from analysis.plotting import COLORS, styled
-from analysis.report import quote_token
 from analysis.prompts import PreparedPrompt, prepare_family, prepare_prompt, run_by_length, whole_copy
 from analysis.scoring import score_answers
 from analysis.stage import run_stage
@@ -164,53 +162,6 @@ def summarize_family(values: Float[Tensor, "prompt layer 2"], copy_rows: Bool[Te
         bands[name] = Band(mean=rows.mean(0).tolist(), low=low.tolist(), high=high.tolist())
     return FamilyLens(n_prompts=len(values), ci_level=params.stats.ci_level, n_copy_prompts=int(copy_rows.sum()),
                       **bands)
-
-
-# --- figure ----------------------------------------------------------------------------
-
-@styled
-def plot_logit_lens(metrics: LogitLensMetrics):
-    """Figure 1: lens probability of each answer's first token by layer (linear, log)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 2.8), layout="constrained")
-    axes = fig.subplots(1, 2)
-    layers = range(metrics.n_layers)
-    for name, marker in (("misconception", "o"), ("correct", "^")):
-        cand = getattr(metrics, name)
-        label = f"{name} {quote_token(cand.text.strip())} (token {quote_token(cand.first_token)})"
-        for ax in axes:
-            ax.plot(layers, cand.prob_by_layer, marker=marker, markersize=3, linewidth=1.5,
-                    color=COLORS[name], label=label)
-    axes[0].set_ylabel("probability at the final position")
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("probability (log scale)")
-    for ax in axes:
-        ax.set_xlabel("layer (resid_post)")
-    axes[0].legend(loc="upper left", frameon=False)
-    fig.suptitle(f"Logit lens, {metrics.model_label}", fontsize=10)
-    return fig
-
-
-@styled
-def plot_family_lens(metrics: LogitLensMetrics):
-    """The logit lens over the prompt family: mean and 95% interval per layer."""
-    from matplotlib.figure import Figure
-
-    family = metrics.family
-    fig = Figure(figsize=(6.5, 2.6), layout="constrained")
-    ax = fig.subplots()
-    layers = range(metrics.n_layers)
-    for name, color, label in (("correct", COLORS["correct"], "correct answer"),
-                               ("previous_answer", COLORS["misconception"], "copy of the previous answer")):
-        band = getattr(family, name)
-        ax.plot(layers, band.mean, color=color, linewidth=1.5, label=f"{label} (first token)")
-        ax.fill_between(layers, band.low, band.high, color=color, alpha=0.25, linewidth=0)
-    ax.set_xlabel("layer (resid_post)")
-    ax.set_ylabel("lens probability")
-    ax.set_title(f"Logit lens over the prompt family (n = {family.n_prompts}, mean and 95% interval)")
-    ax.legend(frameon=False, loc="upper left")
-    return fig
 
 
 def curves(metrics: LogitLensMetrics) -> dict[str, list[dict[str, float]]]:

@@ -33,7 +33,9 @@ semantics, and rejects what it does not support:
   resolved by pandoc's citeproc in both formats (Quarto: `citeproc: true` for typst).
 - Figure and table cross-references: a cell labelled fig-* with fig-cap (one figure) or
   tbl-* with tbl-cap (one markdown table); `@fig-x` and `@tbl-x` become numbered links.
-  An unknown reference fails the build.
+  An unknown reference fails the build. Not Quarto's: each figure is checked against its
+  caption (analysis/figurecheck.py: the n, p-values and interval kinds it states must be
+  those of the results its plot function binds); a mismatch fails the build.
 - Front matter: title, subtitle, author, date, bibliography, csl; jupyter and execute. From
   _quarto.yml: execute, filters (pandoc Lua filters, run by both), format.html.css,
   format.typst.include-in-header. The abstract is a section of the body that
@@ -78,6 +80,7 @@ INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}\s*$")
 CROSSREF = re.compile(r"(?<![\w@])@((?:fig|tbl)-[A-Za-z0-9_-]+)")
 INLINE_MIME = "application/x-inline-values+json"
 READS_MIME = "application/x-results-read+json"
+FIGCHECK_MIME = "application/x-figure-check+json"
 # Results are data: no raw HTML, no raw blocks or inlines (`...`{=html}), no raw TeX.
 READER = "markdown-raw_html-raw_attribute-raw_tex"
 
@@ -221,6 +224,14 @@ _display({{{READS_MIME!r}: sorted(str(p) for p in _reads())}}, raw=True)
 """
 
 
+def _figure_check_cell(label: str, caption: str) -> str:
+    """A cell, run right after a figure's, that checks the figure (IPython's `_`, the value
+    the figure's cell displayed) against its caption (analysis/figurecheck.py)."""
+    return ("from IPython.display import display as _display\n"
+            "from analysis.figurecheck import check as _check_figure\n"
+            f"_display({{{FIGCHECK_MIME!r}: _check_figure({label!r}, {caption!r}, _)}}, raw=True)")
+
+
 def _inline_cell(expressions: list[str]) -> str:
     """A cell that evaluates the expressions as Jupyter user expressions (what Quarto asks
     the kernel for) and hands back each one's reply: a mime bundle, or an error."""
@@ -252,6 +263,9 @@ def notebook_cells(doc: Document, model: str, data_dir: Path | None = None) -> C
     for chunk in doc.chunks:
         if isinstance(chunk, Code):
             cells.append((chunk.source, chunk))
+            label = str(chunk.options.get("label", ""))
+            if label.startswith("fig-") and "fig-cap" in chunk.options and chunk.options.get("include", True) is not False:
+                cells.append((_figure_check_cell(label, str(chunk.options["fig-cap"])), None))
             if "parameters" in (chunk.options.get("tags") or []):
                 cells.append((injected_parameters(model, data_dir), None))
         elif inline_expressions(chunk.text):
@@ -346,6 +360,10 @@ def execute(doc: Document, model: str, paper_dir: Path, timeout: int = 600,
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     _run_notebook(nb, cells, paper_dir, timeout)
     inline: dict[int, list[str]] = {}
+    problems = [p for cell in nb.cells for p in (_data_of(cell, FIGCHECK_MIME) or [])]
+    if problems:
+        raise PaperError("figures whose labels do not match what they plot (analysis/figurecheck.py):\n  "
+                         + "\n  ".join(problems))
     for cell, (_, chunk) in zip(nb.cells, cells, strict=True):
         if isinstance(chunk, Code) and cell.source == chunk.source:
             chunk.outputs = [dict(o) for o in cell.outputs]

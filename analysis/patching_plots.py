@@ -7,7 +7,9 @@ from __future__ import annotations
 from matplotlib.figure import Figure
 
 from analysis.errorsets import CircuitResult, Control, SetResult
+from analysis.figurecheck import bind
 from analysis.plotting import COLORS, error_bars, styled
+from analysis.report import p_text
 from analysis.stats import Estimate
 
 MINUS = "\u2212"
@@ -41,7 +43,7 @@ def plot_error_sets(metrics) -> Figure:
     ax.set_xlabel(f"greedy answer is the error W (%; {metrics.ci_level:.0%} Clopper{MINUS}Pearson)")
     ax.set_xlim(left=0)
     ax.legend(frameon=False, loc="lower right")
-    return fig
+    return bind(fig, [e for s in metrics.sets.values() for e in (s.corrupt.error_rate, s.clean.error_rate)])
 
 
 @styled
@@ -74,7 +76,7 @@ def plot_selection(metrics) -> Figure:
             ax.legend(frameon=False, fontsize=6)
     if not shown:
         axes[0, 0].set_title("no set has enough erring pairs for a selection half", fontsize=8)
-    return fig
+    return bind(fig, [c.effect for s in shown.values() for c in s.selection.components])
 
 
 @styled
@@ -98,8 +100,8 @@ def plot_resid(metrics) -> Figure:
             ax.set_title(f"{name} ({title}), n = {sel.n_pairs}", fontsize=8)
             ax.grid(False)
         fig.colorbar(image, ax=list(axes[row]), shrink=0.8,
-                     label="normalised effect" if s.normalised else "ΔLD (nats)")
-    return fig
+                     label=f"{'normalised effect' if s.normalised else 'ΔLD (nats)'}, clipped at ±{limit:.2g}")
+    return bind(fig, ns=[s.selection.n_pairs for s in shown.values()])  # means: no interval
 
 
 def _histogram(ax, control: Control, values: list[float], observed: float, label: str, scale: int = 1):
@@ -121,14 +123,15 @@ def plot_ablation(metrics) -> Figure:
         ev = s.evaluation
         control, mean = ev.control, ev.ablation["mean"]
         _histogram(axes[row, 0], control, control.random_ld, mean.delta_ld.mean, "ΔLD after ablation (nats)")
-        axes[row, 0].set_title(f"{name}, n = {ev.n_pairs}: p(ΔLD) = {control.p_ld:.3g}", fontsize=8)
+        axes[row, 0].set_title(f"{name}, n = {ev.n_pairs}: p(ΔLD) {p_text(control.p_ld)}", fontsize=8)
         _histogram(axes[row, 1], control, control.random_error, mean.corrupt.error_rate.mean,
                    "error rate after ablation (%)", 100)
-        axes[row, 1].set_title(f"{name}, n = {ev.n_pairs}: p(error) = {control.p_error:.3g}", fontsize=8)
+        axes[row, 1].set_title(f"{name}, n = {ev.n_pairs}: p(error) {p_text(control.p_error)}", fontsize=8)
         axes[row, 1].legend(frameon=False, fontsize=6)
     if not shown:
         axes[0, 0].set_title("no set has chosen heads to ablate", fontsize=8)
-    return fig
+    return bind(fig, p_values=[p for s in shown.values() for p in (s.evaluation.control.p_ld, s.evaluation.control.p_error)],
+                ns=[s.evaluation.n_pairs for s in shown.values()])
 
 
 def circuit_set(metrics) -> tuple[str, CircuitResult] | None:
@@ -154,7 +157,7 @@ def plot_circuit(metrics) -> Figure:
         left.set_axis_off()
         right.set_axis_off()
         left.set_title("no circuit was scored", fontsize=8)
-        return fig
+        return bind(fig)
     name, c = found
     nodes = sorted({e.sender for e in c.edges} | {e.receiver.split(".")[0] for e in c.edges}, key=lambda n: (
         _layer_of(n) if n != "logits" else 10**6, n))
@@ -195,4 +198,4 @@ def plot_circuit(metrics) -> Figure:
     right.set_ylabel("share of the LD gap")
     right.set_title(f"evaluation half, n = {c.faithfulness[0].n if c.faithfulness else 0}", fontsize=8)
     right.legend(frameon=False, fontsize=6)
-    return fig
+    return bind(fig, [f, *c.faithfulness, *c.kept_without])

@@ -51,16 +51,22 @@ def error_bars(estimates: list) -> list[list[float]]:
     return [[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]]
 
 
-def ablation_bars(ax, labels: list[str], effects: list[dict]) -> None:
-    """Paired bars with 95% intervals: the change in P(correct) and in P(copy of the previous
-    answer) when each labelled component is ablated; effects[i][answer] is an Estimate."""
+def ablation_bars(ax, labels: list[str], effects: list[dict]) -> list:
+    """Paired bars with intervals: the change in P(correct) and in P(copy of the previous
+    answer) when each labelled component is ablated; effects[i][answer] is an Estimate.
+    Each series' legend states its n (the copy is measured on fewer prompts). Returns the
+    estimates drawn (for figurecheck.bind)."""
     width = 0.38
+    drawn = []
     for offset, answer, color, name in ((-width / 2, "correct", COLORS["correct"], "P(correct)"),
                                         (width / 2, "copy", COLORS["misconception"], "P(copy of previous answer)")):
         estimates = [effect[answer] for effect in effects]
+        ns = sorted({e.n for e in estimates})
         ax.bar([i + offset for i in range(len(labels))], [e.mean for e in estimates], width, color=color, capsize=2,
-               yerr=error_bars(estimates), label=name)
+               yerr=error_bars(estimates), label=f"{name}, n = {', '.join(map(str, ns))}")
+        drawn += estimates
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("change in probability")
     ax.legend(frameon=False, fontsize=7)
+    return drawn

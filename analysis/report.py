@@ -90,6 +90,17 @@ def num(x: float, digits: int = 2) -> str:
     return text.replace("-", MINUS)
 
 
+def p_number(p: float) -> str:
+    """3 decimals; a control at its floor (1/1001) as 0.0010; anything smaller as < 0.001."""
+    return num(p, 3) if p >= 0.001 else num(p, 4) if p >= 0.0009 else "< 0.001"
+
+
+def p_text(p: float) -> str:
+    """'= 0.012' or '< 0.001', to follow a 'p'."""
+    shown = p_number(p)
+    return shown if shown.startswith("<") else f"= {shown}"
+
+
 def ci(low: float, high: float, fmt=pct) -> Md:
     """An interval: '[12.0%, 15.5%]'."""
     return md("[{}, {}]", fmt(low), fmt(high))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import char_tokenizer, make_params, tiny_model
 
-from analysis import logit_lens
+from analysis import logit_lens, logit_lens_plots
 from analysis.artifacts import StagePaths
 from analysis.prompts import prepare_prompt
 
@@ -46,7 +46,7 @@ def test_plot_draws_one_line_per_answer_from_the_metrics(tmp_path):
     model = tiny_model(char_tokenizer(), n_layers=2)
     paths = StagePaths("m", "logit_lens", root=tmp_path)
     metrics = logit_lens.run(model, make_params(), "smollm2-135m", paths)
-    fig = logit_lens.plot_logit_lens(metrics)
+    fig = logit_lens_plots.plot_logit_lens(metrics)
     left = fig.axes[0]
     assert len(left.lines) == 2
     ys = sorted(tuple(line.get_ydata()) for line in left.lines)
