@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.params import ClaimsParams, Params
-from analysis.report import Md, ci, head, md, num, pct, plain, prob, tok
+from analysis.report import Md, ci, head, md, num, p_number, p_text, pct, plain, prob, tok
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, MIXED, NOT_APPLICABLE, NOT_TESTABLE = (
     "reproduced", "contradicted", "inconclusive", "mixed", "not applicable", "not testable")
@@ -205,8 +205,12 @@ def head_copies(r: Results, c: ClaimsParams, p: Params) -> Claim:
         return Claim(text, rule, "no head attends, induces or was chosen", CONTRADICTED)
     dla = hd.copy_dla_family
     scored = [((l, h), dla.mean[l][h], dla.low[l][h], dla.high[l][h]) for l, h in candidates]
-    measured = Md("; ").join(md("{}: copy DLA {} {}", head(*lh), num(m, 2), ci(lo, hi, signed))
-                             for lh, m, lo, hi in scored)
+    copying = [s for s in scored if s[2] > 0]
+    rest = [head(*lh) for lh, *_ in scored if lh not in {s[0] for s in copying}]
+    measured = md("copy DLA interval above 0: {}{}",
+                  Md("; ").join(md("{} {} {}", head(*lh), num(m, 2), ci(lo, hi, signed)) for lh, m, lo, hi in copying)
+                  if copying else "no head",
+                  md("; not for {}", ", ".join(rest)) if rest else "")
     verdict = (SUPPORTED if any(lo > 0 for *_, lo, _ in scored) else
                CONTRADICTED if all(hi < 0 for *_, hi in scored) else INCONCLUSIVE)
     return Claim(text, rule, measured, verdict)
@@ -266,10 +270,10 @@ def head_ablation_error(r: Results, c: ClaimsParams, p: Params) -> Claim:
     for s in sets:
         ev = s.evaluation
         mean, control = ev.ablation["mean"], ev.control
-        parts.append(md("{} set ({} held-out pairs; {}): error rate 100% → {}, ΔLD {} (p = {}); against {} random "
+        parts.append(md("{} set ({} held-out pairs; {}): error rate 100% → {}, ΔLD {} (p {}); against {} random "
                         "sets p = {} (LD) and {} (error rate)", s.name, ev.n_pairs, ", ".join(s.selection.chosen_heads),
-                        est(mean.corrupt.error_rate), est(mean.delta_ld, signed), num(mean.delta_ld.p_value, 3),
-                        control.draws, num(control.p_ld, 3), num(control.p_error, 3)))
+                        est(mean.corrupt.error_rate), est(mean.delta_ld, signed), p_text(mean.delta_ld.p_value),
+                        control.draws, p_number(control.p_ld), p_number(control.p_error)))
         verdicts.append(_ablation_verdict(mean.delta_ld, control, c))
     return Claim(text, rule, Md("; ").join(parts), _combined(verdicts))
 
@@ -310,12 +314,12 @@ def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
             out.append(Claim(text, rule, "the model errs on no error set often enough for a held-out test",
                              NOT_APPLICABLE))
             continue
-        measured = Md("; ").join(md("{} set, latents {}: error rate 100% → {}, ΔLD {} (p = {}); random latents p = {} "
+        measured = Md("; ").join(md("{} set, latents {}: error rate 100% → {}, ΔLD {} (p {}); random latents p = {} "
                                     "(LD), {} (error rate)", s.name,
                                     Md(", ").join(md("#{}{}", l, seed_note(r, name, l)) for l in e.latents),
                                     est(e.ablation.corrupt.error_rate), est(e.ablation.delta_ld, signed),
-                                    num(e.ablation.delta_ld.p_value, 3), num(e.control.p_ld, 3),
-                                    num(e.control.p_error, 3)) for s, e in effects)
+                                    p_text(e.ablation.delta_ld.p_value), p_number(e.control.p_ld),
+                                    p_number(e.control.p_error)) for s, e in effects)
         verdicts = [_ablation_verdict(e.ablation.delta_ld, e.control, c) for _, e in effects]
         out.append(Claim(text, rule, measured, _combined(verdicts)))
     return out
@@ -401,9 +405,9 @@ def spacing(r: Results, c: ClaimsParams, p: Params) -> Claim:
     rule = (f"the contexts of two doubles written with and without spaces: the share of correct greedy answers "
             f"differs (exact McNemar p < {num(c.alpha, 2)}: the claim is not reproduced); a larger p shows no "
             "difference but not equivalence")
-    measured = md("correct {} with spaces, {} without, over the same {} contexts (McNemar p = {})",
+    measured = md("correct {} with spaces, {} without, over the same {} contexts (McNemar p {})",
                   est(sp.spaced.correct_rate), est(sp.unspaced.correct_rate), sp.spaced.correct_rate.n,
-                  num(sp.p_value, 3))
+                  p_text(sp.p_value))
     return Claim("Spacing does not change the behaviour.", rule, measured,
                  CONTRADICTED if sp.p_value < c.alpha else INCONCLUSIVE)
 

@@ -38,8 +38,9 @@ from torch import Tensor
 from analysis import saes
 from analysis.artifacts import (Hook, HubId, Level, Name, Prob, Schema, StagePaths, StageResults, load_json,
                                 load_tensors, save_json, save_tensors)
-from analysis.params import Params, SaeParams, hook_layer
+from analysis.params import Params, SaeParams
 from analysis.prompts import PreparedPrompt, prepare_arithmetic, prepare_family, prepare_prompt, whole_copy
+from analysis.sae_methods import decoder_directions, direct_logit_effects, final_latents, final_norm_scale
 from analysis.scoring import first_token_probs, score_answers
 from analysis.stage import run_stage
 from analysis.stats import Estimate, estimate_mean
@@ -87,42 +88,6 @@ def compute_attribution(model, sae, hook: str, tokens: Int[Tensor, "pos"], plus:
         metric.backward()
     latents = captured["latents"]
     return Attribution(latents[0, -1].detach().cpu(), latents.grad[0, -1].cpu(), metric.item())
-
-
-@torch.no_grad()
-def final_latents(model, sae, hook: str, tokens: Int[Tensor, "pos"]) -> Float[Tensor, "d_sae"]:
-    store: dict[str, Tensor] = {}
-
-    def keep(x: Tensor, hook) -> None:  # a hook that returns None leaves the activation alone
-        store["x"] = x[0, -1]
-
-    model.run_with_hooks(tokens[None].to(model.cfg.device), stop_at_layer=hook_layer(hook) + 1,
-                         fwd_hooks=[(hook, keep)])
-    return sae.encode(store["x"][None])[0].cpu()
-
-
-@torch.no_grad()
-def decoder_directions(sae, ids: list[int]) -> Float[Tensor, "feature d_in"]:
-    """What one unit of each latent adds to the activation (decode is affine in the latents)."""
-    units = torch.zeros(len(ids), sae.cfg.d_sae, device=sae.device)
-    units[torch.arange(len(ids)), torch.tensor(ids)] = 1.0
-    return (sae.decode(units) - sae.decode(torch.zeros_like(units))).cpu()
-
-
-@torch.no_grad()
-def final_norm_scale(model, tokens: Int[Tensor, "pos"]) -> float:
-    _, cache = model.run_with_cache(tokens[None].to(model.cfg.device), names_filter="ln_final.hook_scale")
-    return cache["ln_final.hook_scale"][0, -1].item()
-
-
-@torch.no_grad()
-def direct_logit_effects(model, directions: Float[Tensor, "feature d_model"], scale: float
-                         ) -> Float[Tensor, "feature vocab"]:
-    """Each direction's direct effect on the logits: through the final norm at a fixed scale."""
-    directions = directions.to(model.cfg.device)
-    if model.cfg.normalization_type in ("LN", "LNPre"):
-        directions = directions - directions.mean(-1, keepdim=True)
-    return ((directions / scale) @ model.W_U.contiguous()).cpu()  # row-major, whatever its storage (store_transposed)
 
 
 def ablated_probs(model, sae, hook: str, prepared: list[PreparedPrompt], answer_names: tuple[str, str],

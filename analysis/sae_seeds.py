@@ -37,12 +37,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from analysis import saes
-from analysis.artifacts import Name, Prob, Schema, StagePaths, StageResults, load_json, load_tensors, save_json, save_tensors
+from analysis.artifacts import (Name, Prob, Schema, StagePaths, StageResults, load_json, load_tensors, read_results,
+                                save_json, save_tensors)
 from analysis.corpus import build_corpus
 from analysis.params import Params, SaeParams
 from analysis.prompts import prepare_prompt
-from analysis.sae import decoder_directions, direct_logit_effects, final_latents, final_norm_scale
-from analysis.sae_train import collect_activations, evaluate_sae, train_topk_sae
+from analysis.sae_methods import (collect_activations, decoder_directions, direct_logit_effects, evaluate_sae,
+                                  final_latents, final_norm_scale, train_topk_sae)
 from analysis.stage import run_stage
 
 STAGE = "sae_seeds"
@@ -115,18 +116,18 @@ def prompt_profile(model, sae, hook: str, tokens: Tensor, plus: int, minus: int,
 
 
 def named_latents(key: str, name: str, paths: StagePaths) -> dict[int, list[str]]:
-    """The latents of SAE `name` that the sae and patching stages name, with who names them."""
-    from analysis import patching, sae as sae_stage
-
+    """The latents of SAE `name` that the sae and patching stages name, with who names them
+    (their results read as checked JSON: a stage does not import another stage's module)."""
     named: dict[int, list[str]] = {}
-    found = sae_stage.load_results(StagePaths(key, "sae", root=paths.root)).saes[name]
-    for label, ids in (("top by activation", found.top_by_activation), ("top by attribution", found.top_by_attribution),
-                       ("top favouring the error", found.top_favouring_error)):
-        for latent in ids:
-            named.setdefault(latent, []).append(f"sae: {label}")
-    for set_name, result in patching.load_results(StagePaths(key, "patching", root=paths.root)).sets.items():
-        for latent in (result.selection.latents.get(name, []) if result.selection else []):
-            named.setdefault(latent, []).append(f"patching {set_name}: ablated")
+    found = read_results(StagePaths(key, "sae", root=paths.root).results)["saes"][name]
+    for label, field in (("top by activation", "top_by_activation"), ("top by attribution", "top_by_attribution"),
+                         ("top favouring the error", "top_favouring_error")):
+        for latent in found[field]:
+            named.setdefault(int(latent), []).append(f"sae: {label}")
+    sets = read_results(StagePaths(key, "patching", root=paths.root).results)["sets"]
+    for set_name, result in sorted(sets.items()):
+        for latent in ((result.get("selection") or {}).get("latents") or {}).get(name, []):
+            named.setdefault(int(latent), []).append(f"patching {set_name}: ablated")
     return named
 
 

@@ -8,6 +8,7 @@ import pytest
 from helpers import make_params
 
 from analysis import claims
+from analysis.report import plain
 from analysis.claims import (CONTRADICTED, INCONCLUSIVE, MIXED, NOT_APPLICABLE, NOT_REPRODUCED, NOT_TESTABLE, REFUTED,
                              SUPPORTED)
 
@@ -248,6 +249,20 @@ def test_feature_ablation(params, delta, p_ld, p_error, expected):
     assert verdict(claims.feature_ablation, r, params) == expected
     r.patching.sets["copy"].evaluation = None
     assert verdict(claims.feature_ablation, r, params) == NOT_APPLICABLE
+
+
+def test_a_latent_is_named_with_its_matches_in_other_seeds_or_called_seed_specific(params):
+    r = results()
+    match = [NS(seed=1, latent=40, cosine=0.93), NS(seed=2, latent=12, cosine=0.88)]
+    found = NS(saes={"res": NS(named=[NS(latent=5, holds=True, matches=match),
+                                      NS(latent=7, holds=False, matches=[NS(seed=1, latent=3, cosine=0.41)])])})
+    r = claims.Results(r.lens, r.heads, r.behaviour, r.sae, r.patching, found)
+    [promotes] = claims.feature_promotes(r, params.claims, params)
+    assert "#5 (found again in seeds 1, 2 as #40, #12)" in plain(promotes.measured)
+    [ablation] = claims.feature_ablation(r, params.claims, params)
+    assert "#7 (seed-specific: best decoder match in seeds 1 at cosine 0.41)" in plain(ablation.measured)
+    assert "#9" in plain(ablation.measured) and "#9 (" not in plain(ablation.measured)  # not among the named: no note
+    assert plain(claims.seed_note(results(), "res", 5)) == ""  # a build without seeds says nothing
 
 
 def test_reported_feature(params):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import char_tokenizer, make_params, random_sae, tiny_model
 
-from analysis import corpus, sae, sae_train, saes
+from analysis import corpus, sae, sae_methods, saes
 from analysis.prompts import prepare_prompt
 
 HOOK = "blocks.1.hook_resid_pre"
@@ -40,7 +40,7 @@ def test_zeroing_a_latent_moves_the_residual_by_its_decoder_contribution(setup):
     feature = int(latents[0, -1].argmax())
     base = saes.splice(random)(x, None)
     ablated = saes.splice(random, edit=lambda z: z.index_fill(-1, torch.tensor([feature]), 0.0))(x, None)
-    direction = sae.decoder_directions(random, [feature])[0]
+    direction = sae_methods.decoder_directions(random, [feature])[0]
     expected = -latents[0, 1:, feature, None] * direction  # positions 1.. are spliced
     torch.testing.assert_close((ablated - base)[0, 1:], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(base, x, atol=1e-5, rtol=0)  # no edit: the activation itself
@@ -76,8 +76,8 @@ def test_attribution_gradient_matches_a_small_actual_perturbation(setup, kind):
 
 def test_direct_logit_effects_follow_the_unembedding(setup):
     model, random, _ = setup
-    directions = sae.decoder_directions(random, [3, 5])
-    effects = sae.direct_logit_effects(model, directions, scale=2.0)
+    directions = sae_methods.decoder_directions(random, [3, 5])
+    effects = sae_methods.direct_logit_effects(model, directions, scale=2.0)
     centred = directions - directions.mean(-1, keepdim=True)  # the tiny model uses LayerNorm
     torch.testing.assert_close(effects, (centred / 2.0) @ model.W_U, atol=1e-5, rtol=1e-5)
 
@@ -112,7 +112,7 @@ def test_training_a_topk_sae_reduces_reconstruction_error():
     basis = torch.randn(16, 24, generator=generator)
     codes = (torch.rand(2048, 16, generator=generator) < 0.15) * torch.rand(2048, 16, generator=generator) * 3
     acts = codes @ basis  # sparse combinations of 16 directions
-    trained = sae_train.train_topk_sae(acts, d_sae=32, k=4, lr=0.004, batch_size=128, epochs=6, seed=0)
+    trained = sae_methods.train_topk_sae(acts, d_sae=32, k=4, lr=0.004, batch_size=128, epochs=6, seed=0)
     with torch.no_grad():
         recon = trained.decode(trained.encode(acts))
     explained = 1 - ((acts - recon) ** 2).sum() / ((acts - acts.mean(0)) ** 2).sum()
@@ -125,8 +125,8 @@ def test_quality_numbers_match_their_definitions(setup):
     params = make_params(**{"family.n_prompts": 4})
     windows = corpus.build_corpus(model, 32, 6, 4, 0.3, 9, seed=0).heldout
     random = random_sae(32, 64, seed=4)
-    quality, stats = sae_train.evaluate_sae(model, random, HOOK, windows, params)
-    acts = sae_train.collect_activations(model, windows, HOOK)
+    quality, stats = sae_methods.evaluate_sae(model, random, HOOK, windows, params)
+    acts = sae_methods.collect_activations(model, windows, HOOK)
     assert quality.n_heldout_tokens == len(acts) == len(windows) * 31  # every position but the first
     with torch.no_grad():
         latents = random.encode(acts)
