@@ -36,9 +36,10 @@ The model is `{python} model` and the largest value is `{python} max(values)`; s
 ```{python}
 #| label: fig-line
 #| fig-cap: "A line."
+from analysis.figurecheck import bind
 fig = Figure()
 fig.subplots().plot(values)
-fig
+bind(fig)
 ```
 
 ```{python}
@@ -59,7 +60,7 @@ def test_parse_splits_cells_and_options():
     kinds = [type(c).__name__ for c in doc.chunks]
     assert kinds.count("Code") == 5
     figure = next(c for c in doc.chunks if isinstance(c, Code) and c.options.get("label") == "fig-line")
-    assert figure.options["fig-cap"] == "A line." and figure.source.startswith("fig = Figure()")
+    assert figure.options["fig-cap"] == "A line." and figure.source.startswith("from analysis.figurecheck import bind")
     assert any(isinstance(c, Markdown) and "@fig-line" in c.text for c in doc.chunks)
 
 
@@ -122,7 +123,7 @@ def test_typst_captions_leave_numbering_to_typst(executed, tmp_path):
     (tmp_path / "figures").mkdir()
     markdown = paper.assemble(doc, inline, {"echo": True}, "typst", tmp_path / "figures")
     assert "![A line.](figures/fig-line.svg){#fig-line}" in markdown
-    assert "```python\nfig = Figure()" in markdown  # echo: true shows the code
+    assert "```python\nfrom analysis.figurecheck import bind\nfig = Figure()" in markdown  # echo: true shows the code
 
 
 def test_html_and_pdf_render_and_repeat_byte_for_byte(executed, tmp_path):
@@ -151,6 +152,18 @@ def test_a_failing_cell_names_its_line(tmp_path):
     with pytest.raises(PaperError, match=r"cell at index.qmd:3: ValueError: bad results file"):
         paper.execute(doc, "m", tmp_path)
     assert FORBID_ENV not in os.environ
+
+
+def test_a_figure_whose_caption_states_what_it_does_not_plot_fails_the_build(tmp_path):
+    cell = ("```{{python}}\n#| label: fig-rates\n#| fig-cap: \"{}\"\n"
+            "from matplotlib.figure import Figure\nfrom analysis.figurecheck import bind\n"
+            "from analysis.stats import proportion\nfig = Figure()\nax = fig.subplots()\nax.set_title('n = 40')\n"
+            "bind(fig, [proportion(12, 40)])\n```\n")
+    good = parse_qmd("See @fig-rates.\n\n" + cell.format("Error rate with its exact (Clopper-Pearson) interval."))
+    paper.execute(good, "m", tmp_path)
+    planted = parse_qmd("See @fig-rates.\n\n" + cell.format("Error rate with its bootstrap interval, n = 64."))
+    with pytest.raises(PaperError, match=r"(?s)fig-rates: the caption says n = 64.*names percentile bootstrap"):
+        paper.execute(planted, "m", tmp_path)
 
 
 def test_the_manuscript_must_read_exactly_what_dvc_yaml_lists(tmp_path):

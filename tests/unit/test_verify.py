@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from helpers import make_params
 
 from analysis.artifacts import save_json, save_tensors
+from analysis import verify
 from analysis.params import Tolerance
 from analysis.verify import Comparison, compare_json, compare_stage, compare_tensors, report, with_upstream
 
@@ -80,3 +83,44 @@ def test_a_stage_compares_results_tensors_and_metrics_and_reports_a_missing_file
 def test_a_stage_is_recomputed_with_the_stages_it_reads():
     assert with_upstream(["sae"]) == ["sae_train", "sae"]
     assert with_upstream(["logit_lens", "patching"]) == ["logit_lens", "behaviour", "sae_train", "patching"]
+
+
+def _sae_folder(folder, w_dec, firing):
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"W_dec": w_dec}, folder / "sae_weights.safetensors")
+    save_file({"firing_rate": firing}, folder / "stats.safetensors")
+    (folder / "cfg.json").write_text(json.dumps({"d_sae": w_dec.shape[0]}))
+
+
+def test_a_retrained_sae_is_judged_by_matching_its_latents_against_the_seed_spread(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 8, generator=generator)
+    firing = torch.ones(32)
+    _sae_folder(tmp_path / "here" / "res", w, firing)
+    _sae_folder(tmp_path / "same" / "res", w[torch.randperm(32, generator=generator)] * 2.0, firing)  # permuted, scaled
+    _sae_folder(tmp_path / "other" / "res", torch.randn(32, 8, generator=generator), firing)
+    spread = {"res": verify.SeedSpread(quality={}, threshold=0.9, matched=0.5)}
+    params = make_params()
+    found = verify.Comparison()
+    verify.compare_file(tmp_path / "here", tmp_path / "same", "sae_train", params, found, spread)
+    assert found.failures == [] and found.numbers == 2  # the matching, and cfg.json's one integer
+    other = verify.Comparison()
+    verify.compare_file(tmp_path / "here", tmp_path / "other", "sae_train", params, other, spread)
+    [failure] = other.failures
+    assert "latents found again at cosine >= 0.9" in failure.where and failure.committed < 0.5
+    bits = verify.Comparison()  # without a seed spread, element by element: the permuted copy fails
+    verify.compare_file(tmp_path / "here", tmp_path / "same", "sae_train", params, bits)
+    assert bits.failures
+
+
+def test_quality_numbers_of_a_trained_sae_may_differ_by_the_seed_spread():
+    out = verify.Comparison()
+    here = {"saes": {"res": {"quality": {"explained_variance": 0.975, "l0": 32.0}}}}
+    there = {"saes": {"res": {"quality": {"explained_variance": 0.972, "l0": 32.0}}}}
+    tol = make_params().verify.reals
+    verify.compare_json(here, there, "sae_train.json", tol, out, {"res.quality.explained_variance": 0.004})
+    assert out.failures == []
+    verify.compare_json(here, there, "sae_train.json", tol, out, {"res.quality.explained_variance": 0.001})
+    assert len(out.failures) == 1 and out.failures[0].where.endswith("explained_variance")
