@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-STAGES = ("logit_lens", "heads", "behaviour", "sae_train", "sae", "patching")
+STAGES = ("logit_lens", "heads", "behaviour", "sae_train", "sae", "patching", "sae_seeds")  # pipeline order
 # The params that set each stage's workload; a scale multiplies every one of them.
 WORKLOAD = {
     "logit_lens": ("family.n_prompts",),
@@ -55,6 +55,7 @@ WORKLOAD = {
     "sae_train": ("sae_train.corpus.prose_windows", "sae_train.corpus.arithmetic_windows"),
     "sae": ("family.n_prompts",),
     "patching": ("patching.n_pairs", "patching.min_erring", "patching.max_erring", "patching.max_pairs"),
+    "sae_seeds": ("sae_train.corpus.prose_windows", "sae_train.corpus.arithmetic_windows"),
 }
 
 

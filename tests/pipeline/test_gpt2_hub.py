@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.pipeline, needs_gpt2_tokenizer]
 sys.path.insert(0, str(REPO / "scripts"))
 from hub_cache import write_hub_cache  # noqa: E402
 
+from analysis.params import stages  # noqa: E402
+
 MODEL = "gpt2-small"
 # The same code paths as the full run, on less work (two CPU cores).
 SMALL = {"family.n_prompts": 4, "stats.bootstrap_resamples": 200, "heads.induction.n_sequences": 4,
@@ -127,12 +129,12 @@ def gpt2_run(tmp_path_factory):
 def test_make_gpt2_runs_every_stage_and_the_paper_through_the_real_loaders_offline(gpt2_run):
     made, repo, log = gpt2_run["made"], gpt2_run["repo"], gpt2_run["log"]
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    for stage in ("logit_lens", "heads", "behaviour", "sae_train", "sae", "patching", "paper"):
+    for stage in (*stages(), "paper"):
         assert f"Running stage '{stage}@{MODEL}'" in made.stdout
     calls = [e for e in log if e["event"] == "call"]
     models = [e for e in calls if e["loader"] == "HookedTransformer.from_pretrained"]
     saes = {tuple(e["args"][:2]) for e in calls if e["loader"] == "SAE.from_pretrained"}
-    assert len(models) == 6 and all(e["args"][0] == "gpt2-small" for e in models)  # one per analysis stage
+    assert len(models) == len(stages()) and all(e["args"][0] == "gpt2-small" for e in models)  # one per stage
     assert saes == {("gpt2-small-mlp-tm", "blocks.9.hook_mlp_out"), ("gpt2-small-res-jb", "blocks.9.hook_resid_pre")}
     assert [e for e in log if e["event"] == "connect"] == []  # nothing tried the network
     lock = yaml.safe_load((repo / "dvc.lock").read_text())

@@ -63,3 +63,9 @@ def test_report_marks_each_target_and_the_table_shows_it(capsys):
     table = bench.markdown(report).splitlines()
     assert table[2:] == ["| fast enough | 5 × | ≥ 3 | yes |", "| too slow | 4.3 × | ≥ 20 | no |",
                          "| not measured | — | ≤ 2 |  |"]
+
+
+def test_the_bench_knows_every_stage_in_pipeline_order():
+    from analysis.params import stages
+
+    assert bench.STAGES == tuple(stages()) and set(bench.WORKLOAD) == set(stages())
