@@ -70,6 +70,8 @@ from analysis.artifacts import atomic_write_bytes
 from analysis.models import FORBID_ENV
 from analysis.params import exit_on_params_error, load_params, parse_model_arg
 from analysis.pipeline import LockError, check_recorded_md5, paper_reads, undeclared_reads
+from analysis.paper_kernel import (FIGCHECK_MIME, INLINE_MIME, KERNEL_SETUP, READS_CELL, READS_MIME, figure_check_cell,
+                                   injected_parameters, inline_cell)
 
 PAPER_DIR = Path("paper")
 BUILD_DIR = PAPER_DIR / "_build"
@@ -78,9 +80,6 @@ CELL_OPTIONS = {"label", "fig-cap", "tbl-cap", "echo", "output", "include", "war
 INLINE = re.compile(r"(^|[^`])`\{python\}[ \t]([^`]+)`", re.MULTILINE)
 INCLUDE = re.compile(r"^\{\{<\s*include\s+(\S+)\s*>\}\}\s*$")
 CROSSREF = re.compile(r"(?<![\w@])@((?:fig|tbl)-[A-Za-z0-9_-]+)")
-INLINE_MIME = "application/x-inline-values+json"
-READS_MIME = "application/x-results-read+json"
-FIGCHECK_MIME = "application/x-figure-check+json"
 # Results are data: no raw HTML, no raw blocks or inlines (`...`{=html}), no raw TeX.
 READER = "markdown-raw_html-raw_attribute-raw_tex"
 
@@ -208,46 +207,6 @@ def front_matter_expressions(doc: Document) -> list[tuple[str, str]]:
 
 # --- execution -------------------------------------------------------------------------
 
-KERNEL_SETUP = """
-from matplotlib.figure import Figure as _Figure
-from analysis.artifacts import figure_svg as _figure_svg
-
-_formatters = get_ipython().display_formatter.formatters
-_formatters["image/svg+xml"].for_type(_Figure, lambda fig: _figure_svg(fig).decode())
-_formatters["image/png"].pop(_Figure, None)
-del _formatters
-"""
-READS_CELL = f"""
-from IPython.display import display as _display
-from analysis.artifacts import reads as _reads
-_display({{{READS_MIME!r}: sorted(str(p) for p in _reads())}}, raw=True)
-"""
-
-
-def _figure_check_cell(label: str, caption: str) -> str:
-    """A cell, run right after a figure's, that checks the figure (IPython's `_`, the value
-    the figure's cell displayed) against its caption (analysis/figurecheck.py)."""
-    return ("from IPython.display import display as _display\n"
-            "from analysis.figurecheck import check as _check_figure\n"
-            f"_display({{{FIGCHECK_MIME!r}: _check_figure({label!r}, {caption!r}, _)}}, raw=True)")
-
-
-def _inline_cell(expressions: list[str]) -> str:
-    """A cell that evaluates the expressions as Jupyter user expressions (what Quarto asks
-    the kernel for) and hands back each one's reply: a mime bundle, or an error."""
-    exprs = {str(i): expr for i, expr in enumerate(expressions)}
-    return ("from IPython.display import display as _display\n"
-            f"_display({{{INLINE_MIME!r}: get_ipython().user_expressions({exprs!r})}}, raw=True)")
-
-
-def injected_parameters(model: str, data_dir: Path | None) -> str:
-    """The cell `quarto render -P model:<key>` injects: papermill's translation."""
-    from papermill.translators import translate_parameters
-
-    parameters = {"model": model, **({"data_dir": str(data_dir)} if data_dir else {})}
-    return translate_parameters("python3", "python", parameters, "Injected Parameters")
-
-
 Cells = list[tuple[str, Code | Markdown | None]]
 
 
@@ -259,17 +218,17 @@ def notebook_cells(doc: Document, model: str, data_dir: Path | None = None) -> C
     cells: Cells = [(KERNEL_SETUP, None)]
     front = front_matter_expressions(doc)
     if front:
-        cells.append((_inline_cell([expr for _, expr in front]), Markdown("", "front matter")))
+        cells.append((inline_cell([expr for _, expr in front]), Markdown("", "front matter")))
     for chunk in doc.chunks:
         if isinstance(chunk, Code):
             cells.append((chunk.source, chunk))
             label = str(chunk.options.get("label", ""))
             if label.startswith("fig-") and "fig-cap" in chunk.options and chunk.options.get("include", True) is not False:
-                cells.append((_figure_check_cell(label, str(chunk.options["fig-cap"])), None))
+                cells.append((figure_check_cell(label, str(chunk.options["fig-cap"])), None))
             if "parameters" in (chunk.options.get("tags") or []):
                 cells.append((injected_parameters(model, data_dir), None))
         elif inline_expressions(chunk.text):
-            cells.append((_inline_cell(inline_expressions(chunk.text)), chunk))
+            cells.append((inline_cell(inline_expressions(chunk.text)), chunk))
     return [*cells, (READS_CELL, None)]
 
 
