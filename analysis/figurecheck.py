@@ -65,6 +65,7 @@ def drawn_text(fig) -> str:
     for ax in fig.axes:
         texts += [ax.get_title(loc) for loc in ("left", "center", "right")]
         texts += [ax.get_xlabel(), ax.get_ylabel()] + [t.get_text() for t in ax.texts]
+        texts += [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels()]
         legend = ax.get_legend()
         if legend:
             texts += [t.get_text() for t in legend.get_texts()] + [legend.get_title().get_text()]

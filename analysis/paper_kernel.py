@@ -17,8 +17,16 @@ KERNEL_SETUP = """
 from matplotlib.figure import Figure as _Figure
 from analysis.artifacts import figure_svg as _figure_svg
 
+_shown_figure = [None]  # the figure displayed last, for the figure check after its cell
+
+
+def _as_svg(fig):
+    _shown_figure[0] = fig
+    return _figure_svg(fig).decode()
+
+
 _formatters = get_ipython().display_formatter.formatters
-_formatters["image/svg+xml"].for_type(_Figure, lambda fig: _figure_svg(fig).decode())
+_formatters["image/svg+xml"].for_type(_Figure, _as_svg)
 _formatters["image/png"].pop(_Figure, None)
 del _formatters
 """
@@ -30,11 +38,13 @@ _display({{{READS_MIME!r}: sorted(str(p) for p in _reads())}}, raw=True)
 
 
 def figure_check_cell(label: str, caption: str) -> str:
-    """A cell, run right after a figure's, that checks the figure (IPython's `_`, the value
-    the figure's cell displayed) against its caption (analysis/figurecheck.py)."""
+    """A cell, run right after a figure's, that checks the figure that cell displayed (kept
+    by the set-up's SVG formatter: IPython's `_` is not updated once a manuscript assigns to
+    it) against its caption (analysis/figurecheck.py), and forgets it."""
     return ("from IPython.display import display as _display\n"
             "from analysis.figurecheck import check as _check_figure\n"
-            f"_display({{{FIGCHECK_MIME!r}: _check_figure({label!r}, {caption!r}, _)}}, raw=True)")
+            f"_display({{{FIGCHECK_MIME!r}: _check_figure({label!r}, {caption!r}, _shown_figure[0])}}, raw=True)\n"
+            "_shown_figure[0] = None")
 
 
 def inline_cell(expressions: list[str]) -> str:

@@ -153,12 +153,17 @@ def _cell(value: object) -> str:
     return re.sub(r"(?<!\\)\|", r"\\|", str(value))
 
 
-def md_table(header: list[object], rows: list[list[object]], align: str | None = None) -> Md:
+def md_table(header: list[object], rows: list[list[object]], align: str | None = None,
+             widths: list[int] | None = None) -> Md:
     """A pipe table in markdown; `align` is one of l, r, c per column. Cells that are not
-    Md are escaped as literal text."""
+    Md are escaped as literal text. `widths`: relative column widths, as the number of
+    dashes in the rule (pandoc reads them so when a row is longer than 72 characters, and
+    then spreads the table over the text width)."""
     align = align or "l" + "r" * (len(header) - 1)
-    rule = {"l": ":--", "r": "--:", "c": ":-:"}
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
+    widths = widths or [1] * len(header)
+    rule = {"l": ":{}", "r": "{}:", "c": ":{}:"}
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join(rule[a].format("-" * (1 + w)) for a, w in zip(align, widths, strict=True)) + "|"]
     lines += ["| " + " | ".join(_cell(cell) for cell in row) + " |" for row in rows]
     return Md("\n".join(lines))
 

@@ -159,9 +159,10 @@ def test_a_figure_whose_caption_states_what_it_does_not_plot_fails_the_build(tmp
             "from matplotlib.figure import Figure\nfrom analysis.figurecheck import bind\n"
             "from analysis.stats import proportion\nfig = Figure()\nax = fig.subplots()\nax.set_title('n = 40')\n"
             "bind(fig, [proportion(12, 40)])\n```\n")
-    good = parse_qmd("See @fig-rates.\n\n" + cell.format("Error rate with its exact (Clopper-Pearson) interval."))
+    shadow = "```{python}\n_ = 'a manuscript may assign to _'\n```\n\n"  # IPython then stops updating `_`
+    good = parse_qmd("See @fig-rates.\n\n" + shadow + cell.format("Error rate with its exact (Clopper-Pearson) interval."))
     paper.execute(good, "m", tmp_path)
-    planted = parse_qmd("See @fig-rates.\n\n" + cell.format("Error rate with its bootstrap interval, n = 64."))
+    planted = parse_qmd("See @fig-rates.\n\n" + shadow + cell.format("Error rate with its bootstrap interval, n = 64."))
     with pytest.raises(PaperError, match=r"(?s)fig-rates: the caption says n = 64.*names percentile bootstrap"):
         paper.execute(planted, "m", tmp_path)
 

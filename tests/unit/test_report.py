@@ -103,3 +103,8 @@ def test_links_are_https_only_and_their_text_is_escaped():
         "[1076](https://www.neuronpedia.org/gpt2-small/9-res-jb/1076)")
     assert url("https://example.org/a", "*b*") == "[\\*b\\*](https://example.org/a)"
     assert url("javascript:alert(1)", "x") == "x" and url("javascript:alert(1)") == "`javascript:alert(1)`"
+
+
+def test_relative_column_widths_are_the_rules_dashes():
+    rule = md_table(["claim", "measured", "verdict"], [], "lll", widths=[3, 5, 1]).splitlines()[1]
+    assert rule == "|:----|:------|:--|"
