@@ -56,6 +56,18 @@ class Results:
     seeds: Any = None  # sae_seeds' results, where the build has them
 
 
+def seeds_summary(r: Results, name: str, latents: list[int]) -> Md:
+    """Which of several latents hold in every training seed, in a few words."""
+    found = r.seeds.saes.get(name) if r.seeds is not None else None
+    records = {n.latent: n for n in found.named} if found else {}
+    if not found or not all(l in records for l in latents):
+        return md("")
+    held = [l for l in latents if records[l].holds]
+    if len(held) == len(latents):
+        return md(" (each found again in every seed)")
+    return md(" (seed-specific{})", md(" but for {}", ", ".join(f"#{l}" for l in held)) if held else "")
+
+
 def seed_note(r: Results, name: str, latent: int) -> Md:
     """How a latent of SAE `name` fares in the other training seeds: named with its matches
     where it holds in every seed, marked seed-specific where it does not."""
@@ -66,8 +78,7 @@ def seed_note(r: Results, name: str, latent: int) -> Md:
     seeds = ", ".join(str(m.seed) for m in record.matches)
     if record.holds:
         return md(" (found again in seeds {} as {})", seeds, ", ".join(f"#{m.latent}" for m in record.matches))
-    return md(" (seed-specific: best decoder match in seeds {} at cosine {})", seeds,
-              ", ".join(num(m.cosine, 2) for m in record.matches))
+    return md(" (seed-specific)")  # its best matches, with their cosines, are in the SAE section's table
 
 
 def above(e, threshold: float = 0.0) -> str:
@@ -270,8 +281,8 @@ def head_ablation_error(r: Results, c: ClaimsParams, p: Params) -> Claim:
     for s in sets:
         ev = s.evaluation
         mean, control = ev.ablation["mean"], ev.control
-        parts.append(md("{} set ({} held-out pairs; {}): error rate 100% → {}, ΔLD {} (p {}); against {} random "
-                        "sets p = {} (LD) and {} (error rate)", s.name, ev.n_pairs, ", ".join(s.selection.chosen_heads),
+        parts.append(md("{} set ({} held-out pairs, {} heads): error rate 100% → {}, ΔLD {} (p {}); against {} random "
+                        "sets p = {} (LD) and {} (error rate)", s.name, ev.n_pairs, len(s.selection.chosen_heads),
                         est(mean.corrupt.error_rate), est(mean.delta_ld, signed), p_text(mean.delta_ld.p_value),
                         control.draws, p_number(control.p_ld), p_number(control.p_error)))
         verdicts.append(_ablation_verdict(mean.delta_ld, control, c))
@@ -314,9 +325,9 @@ def feature_ablation(r: Results, c: ClaimsParams, p: Params) -> list[Claim]:
             out.append(Claim(text, rule, "the model errs on no error set often enough for a held-out test",
                              NOT_APPLICABLE))
             continue
-        measured = Md("; ").join(md("{} set, latents {}: error rate 100% → {}, ΔLD {} (p {}); random latents p = {} "
-                                    "(LD), {} (error rate)", s.name,
-                                    Md(", ").join(md("#{}{}", l, seed_note(r, name, l)) for l in e.latents),
+        measured = Md("; ").join(md("{} set, latents {}{}: error rate 100% → {}, ΔLD {} (p {}); random latents p = {} "
+                                    "(LD), {} (error rate)", s.name, ", ".join(f"#{l}" for l in e.latents),
+                                    seeds_summary(r, name, e.latents),
                                     est(e.ablation.corrupt.error_rate), est(e.ablation.delta_ld, signed),
                                     p_text(e.ablation.delta_ld.p_value), p_number(e.control.p_ld),
                                     p_number(e.control.p_error)) for s, e in effects)

@@ -151,8 +151,8 @@ def plot_circuit(metrics) -> Figure:
     edge moves LD towards the error). Right: faithfulness and the share kept without the circuit against size on
     the evaluation half, percentile-bootstrap intervals."""
     found = circuit_set(metrics)
-    fig = Figure(figsize=(6.8, 3.4), layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=[1.5, 1])
+    fig = Figure(figsize=(6.8, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.8, 1])
     if found is None:
         left.set_axis_off()
         right.set_axis_off()
@@ -164,25 +164,25 @@ def plot_circuit(metrics) -> Figure:
     by_layer: dict[int, list[str]] = {}
     for node in nodes:
         by_layer.setdefault(_layer_of(node) if node != "logits" else 10**6, []).append(node)
-    where = {}
-    for x, (_, members) in enumerate(sorted(by_layer.items())):
+    where = {}  # layers bottom (input) to top (logits), one row per layer present; a row's nodes side by side
+    for y, (_, members) in enumerate(sorted(by_layer.items())):
         for k, node in enumerate(members):
-            where[node] = (x, k - (len(members) - 1) / 2)
+            where[node] = (k - (len(members) - 1) / 2, y)
     widest = max(abs(e.score) for e in c.edges) or 1.0
     for e in c.edges:
         a, b = where[e.sender], where[e.receiver.split(".")[0]]
         color = COLORS["misconception"] if e.score > 0 else COLORS["correct"]
         left.annotate("", xy=b, xytext=a, zorder=1, arrowprops=dict(
-            arrowstyle="-|>", color=color, alpha=0.6, lw=0.4 + 3 * abs(e.score) / widest, shrinkA=9, shrinkB=9,
+            arrowstyle="-|>", color=color, alpha=0.6, lw=0.4 + 3 * abs(e.score) / widest, shrinkA=5, shrinkB=5,
             connectionstyle="arc3,rad=0.15"))
     for node, (x, y) in where.items():
         lost = c.minimality.get(node)
-        text = node if lost is None else f"{node}\n{lost.mean:+.2f}"
-        left.text(x, y, text, ha="center", va="center", fontsize=5.5, zorder=3,
-                  bbox=dict(boxstyle="round,pad=0.2", facecolor="white", edgecolor="black", linewidth=0.6))
-    left.set_xlim(-0.6, len(by_layer) - 0.4)
+        text = node if lost is None else f"{node} {lost.mean:+.2f}"
+        left.text(x, y, text, ha="center", va="center", fontsize=6.5, zorder=3,
+                  bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="black", linewidth=0.5))
     spread = max(len(m) for m in by_layer.values())
-    left.set_ylim(-spread / 2 - 0.2, spread / 2 + 0.2)
+    left.set_xlim(-spread / 2 - 0.1, spread / 2 + 0.1)
+    left.set_ylim(-0.6, len(by_layer) - 0.4)
     left.set_axis_off()
     f = c.faithfulness_at_size
     left.set_title(f"{name}: top {c.size} edges, faithfulness {f.mean:.2f} [{f.low:.2f}, {f.high:.2f}], "
