@@ -44,7 +44,11 @@ def plot_head_scores(metrics: HeadsMetrics):
 
 
 def token_label(token: str) -> str:
-    """A token as a tick label: spaces as "_" (plain, so that every font draws it), "∅" if empty."""
+    """A token as a tick label: a token of spaces only is left unlabelled (SmolLM2 gives every
+    space its own token, and labelling them crowds the axis); other spaces as "_" (plain, so
+    that every font draws it); "∅" if empty."""
+    if token and not token.strip():
+        return ""
     return token.replace(" ", "_") or "∅"
 
 

@@ -69,7 +69,8 @@ def plot_selection(metrics) -> Figure:
                        label="attribution")
             ax.axhline(0, color="black", linewidth=0.6)
             labels = [c.node[3:] if kind == "MLP" else c.node for c in parts]
-            ax.set_xticks(list(x), labels, rotation=0 if kind == "MLP" else 90, fontsize=6)
+            every = 5 if kind == "MLP" else 1  # thirty layer numbers side by side run together
+            ax.set_xticks(list(x)[::every], labels[::every], rotation=0 if kind == "MLP" else 90, fontsize=6)
             ax.set_xlabel("MLP layer" if kind == "MLP" else "heads tested (top by attribution)")
             ax.set_ylabel(unit)
             ax.set_title(f"{name}: selection half, n = {sel.n_pairs}", fontsize=8)
@@ -100,7 +101,7 @@ def plot_resid(metrics) -> Figure:
             ax.set_title(f"{name} ({title}), n = {sel.n_pairs}", fontsize=8)
             ax.grid(False)
         fig.colorbar(image, ax=list(axes[row]), shrink=0.8,
-                     label=f"{'normalised effect' if s.normalised else 'ΔLD (nats)'}, clipped at ±{limit:.2g}")
+                     label=f"{'normalised effect' if s.normalised else 'ΔLD (nats)'} (scale ±{limit:.2g}, the largest)")
     return bind(fig, ns=[s.selection.n_pairs for s in shown.values()])  # means: no interval
 
 

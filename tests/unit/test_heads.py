@@ -119,3 +119,9 @@ def test_mean_ablation_uses_the_heads_mean_output():
         _, cache = model.run_with_cache(p.tokens[None])
         zs.append(cache["blocks.0.attn.hook_z"][0, :, 1])
     torch.testing.assert_close(mean, torch.cat(zs).mean(0))
+
+
+def test_token_labels_leave_space_tokens_blank_and_mark_inner_spaces():
+    from analysis.heads_plots import token_label
+
+    assert [token_label(t) for t in ("1", " ", " 10", "", "  ")] == ["1", "", "_10", "∅", ""]
