@@ -442,7 +442,7 @@ def evaluate(results: Results, params: Params) -> list[Claim]:
 
 
 def load(model: str, data_root) -> Results:
-    from analysis import behaviour, heads, logit_lens, patching, sae
+    from analysis import behaviour, heads, logit_lens, patching, sae, sae_seeds
     from analysis.artifacts import StagePaths
 
     def paths(stage: str) -> StagePaths:
@@ -450,7 +450,7 @@ def load(model: str, data_root) -> Results:
 
     return Results(logit_lens.load_results(paths("logit_lens"))[0], heads.load_results(paths("heads"))[0],
                    behaviour.load_results(paths("behaviour"))[0], sae.load_results(paths("sae")),
-                   patching.load_results(paths("patching")))
+                   patching.load_results(paths("patching")), sae_seeds.load_results(paths("sae_seeds")))
 
 
 def main(argv: list[str] | None = None) -> None:

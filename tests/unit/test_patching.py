@@ -6,7 +6,8 @@ import pytest
 import torch
 from helpers import make_params, random_sae, tiny_model
 
-from analysis import errorsets, patching, patching_plots
+from analysis import errorsets, figurecheck, patching, patching_plots
+from analysis.report import p_text
 from analysis.errorsets import Read
 from analysis.stats import Estimate
 
@@ -144,8 +145,12 @@ def test_the_figures_draw_from_the_results_and_state_their_n(staged):
         assert "n = " in titles + labels
     titles = [ax.get_title() for ax in patching_plots.plot_ablation(metrics).axes]
     control = metrics.sets["all3"].evaluation.control
-    assert f"all3, n = {n}: p(ΔLD) = {control.p_ld:.3g}" in titles
-    assert f"all3, n = {n}: p(error) = {control.p_error:.3g}" in titles
+    assert f"all3, n = {n}: p(ΔLD) {p_text(control.p_ld)}" in titles  # as the text prints p: 3 decimals
+    assert f"all3, n = {n}: p(error) {p_text(control.p_error)}" in titles
+    for plot in (patching_plots.plot_error_sets, patching_plots.plot_selection, patching_plots.plot_resid,
+                 patching_plots.plot_ablation, patching_plots.plot_circuit):
+        problems = figurecheck.check("fig-x", "", plot(metrics))
+        assert not [p for p in problems if " says " in p], problems  # every n and p it draws is one it plots
 
 
 def test_the_circuit_figure_says_when_there_is_none(staged):
