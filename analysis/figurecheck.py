@@ -39,13 +39,16 @@ class Bound:
     ns: set[int] = field(default_factory=set)
     methods: set[str] = field(default_factory=set)
     p_values: list[float] = field(default_factory=list)
+    empty: bool = False  # the figure says there is nothing to show (no set reached the analysis)
 
 
 def bind(fig, estimates: Iterable = (), p_values: Iterable[float] = (), ns: Iterable[int] = (),
-         methods: Iterable[str] = ()):
+         methods: Iterable[str] = (), empty: bool = False):
     """Attach to `fig` the estimates it draws and the p-values it prints (and, for series
-    that are not Estimates, their n and interval method); returns fig."""
+    that are not Estimates, their n and interval method); `empty`: the figure only says that
+    there is nothing to show, so its caption describes what it would draw. Returns fig."""
     bound = getattr(fig, "arith_bound", None) or Bound()
+    bound.empty = bound.empty or empty
     bound.ns |= {int(n) for n in ns}
     bound.methods |= set(methods)
     for e in estimates:
@@ -96,7 +99,7 @@ def check(label: str, caption: str, fig) -> list[str]:
             if not _p_shown(value, op, bound.p_values):
                 problems.append(f"{label}: the {where} says p {op} {value}, which no p-value it plots gives")
     named = {kind for kind, words in KINDS.items() if words.search(caption)}
-    for kind in sorted(named - bound.methods):
+    for kind in sorted(named - bound.methods) if not bound.empty else ():
         problems.append(f"{label}: the caption names {kind} intervals; what it plots has {sorted(bound.methods) or 'none'}")
     if bound.methods and not named:
         problems.append(f"{label}: it draws {sorted(bound.methods)} intervals and its caption names no interval kind")

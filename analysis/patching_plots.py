@@ -77,7 +77,7 @@ def plot_selection(metrics) -> Figure:
             ax.legend(frameon=False, fontsize=6)
     if not shown:
         axes[0, 0].set_title("no set has enough erring pairs for a selection half", fontsize=8)
-    return bind(fig, [c.effect for s in shown.values() for c in s.selection.components])
+    return bind(fig, [c.effect for s in shown.values() for c in s.selection.components], empty=not shown)
 
 
 @styled
@@ -102,7 +102,7 @@ def plot_resid(metrics) -> Figure:
             ax.grid(False)
         fig.colorbar(image, ax=list(axes[row]), shrink=0.8,
                      label=f"{'normalised effect' if s.normalised else 'ΔLD (nats)'} (scale ±{limit:.2g}, the largest)")
-    return bind(fig, ns=[s.selection.n_pairs for s in shown.values()])  # means: no interval
+    return bind(fig, ns=[s.selection.n_pairs for s in shown.values()], empty=not shown)  # means: no interval
 
 
 def _histogram(ax, control: Control, values: list[float], observed: float, label: str, scale: int = 1):
@@ -132,7 +132,7 @@ def plot_ablation(metrics) -> Figure:
     if not shown:
         axes[0, 0].set_title("no set has chosen heads to ablate", fontsize=8)
     return bind(fig, p_values=[p for s in shown.values() for p in (s.evaluation.control.p_ld, s.evaluation.control.p_error)],
-                ns=[s.evaluation.n_pairs for s in shown.values()])
+                ns=[s.evaluation.n_pairs for s in shown.values()], empty=not shown)
 
 
 def circuit_set(metrics) -> tuple[str, CircuitResult] | None:
@@ -158,7 +158,7 @@ def plot_circuit(metrics) -> Figure:
         left.set_axis_off()
         right.set_axis_off()
         left.set_title("no circuit was scored", fontsize=8)
-        return bind(fig)
+        return bind(fig, empty=True)
     name, c = found
     nodes = sorted({e.sender for e in c.edges} | {e.receiver.split(".")[0] for e in c.edges}, key=lambda n: (
         _layer_of(n) if n != "logits" else 10**6, n))

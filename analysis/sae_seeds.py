@@ -6,7 +6,8 @@ sae_train, sae_seeds], the SAEs of `sae_train@<model>` (the first seed, sae_trai
 and the latents that `sae@<model>` and `patching@<model>` name (sae.json, patching.json);
 writes data/<model>/sae_seeds.safetensors and data/<model>/sae_seeds.json.
 
-For each trained SAE (a pretrained one has no seeds to vary) and each seed in
+For each trained SAE (a pretrained one has no seeds to vary: its named latents are listed
+as untested) and each seed in
 `sae_seeds.seeds`: an SAE trained exactly as sae_train trains it, on the same activations
 (collected once), but for the seed, and its quality on the same held-out windows. A
 latent of the first seed is found again in another seed when some latent there has a
@@ -85,9 +86,17 @@ class SeedsResult(Schema):
     n_named_holding: int
 
 
+class Untested(Schema):
+    """A pretrained SAE: there is no training seed to vary, so its latents stay untested."""
+
+    source: str  # the release and id sae_train loaded (its source.json)
+    named: list[int]  # the latents the sae and patching stages name
+
+
 class SaeSeedsMetrics(StageResults):
     model: Name
-    saes: dict[Name, SeedsResult]
+    saes: dict[Name, SeedsResult]  # the trained SAEs
+    untested: dict[Name, Untested]  # the pretrained ones
 
 
 # --- compute ---------------------------------------------------------------------------
@@ -193,7 +202,8 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeSeedsMetrics:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     c = params.sae_train.corpus
-    trained = {n: s for n, s in params.model(key).saes.items() if s.source == "trained"}
+    record = saes.load_results(StagePaths(key, saes.STAGE, root=paths.root))  # what sae_train produced
+    trained = {n: s for n, s in params.model(key).saes.items() if record.saes[n].source == "trained"}
     corpus = build_corpus(model, c.context_size, c.prose_windows, c.arithmetic_windows, c.heldout_fraction,
                           params.family.max_operand, c.seed, prose_sha256=c.prose_sha256) if trained else None
     prepared = prepare_prompt(model, params.prompt.canonical, params.prompt.answers.model_dump())
@@ -203,11 +213,16 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeSeedsMetrics:
     def profile(sae, hook: str):
         return prompt_profile(model, sae, hook, prepared.tokens, plus, minus, scale)
 
-    results, tensors = {}, {}
-    for name, spec in trained.items():
-        results[name], own = seed_sae(model, params, name, spec, paths, corpus, profile)
-        tensors.update(own)
-    metrics = SaeSeedsMetrics(model=key, saes=results)
+    results, tensors, untested = {}, {}, {}
+    for name, spec in params.model(key).saes.items():
+        if name in trained:
+            results[name], own = seed_sae(model, params, name, spec, paths, corpus, profile)
+            tensors.update(own)
+        else:
+            loaded = read_results(StagePaths(key, saes.STAGE, root=paths.root).dir / name / "source.json")
+            untested[name] = Untested(source=f"{loaded['release']}/{loaded['sae_id']}",
+                                      named=sorted(named_latents(key, name, paths)))
+    metrics = SaeSeedsMetrics(model=key, saes=results, untested=untested)
     save_tensors(paths.tensors, tensors)
     save_json(paths.results, metrics)
     return metrics

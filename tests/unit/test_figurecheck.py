@@ -63,3 +63,12 @@ def test_a_figure_with_intervals_must_state_n_and_every_figure_must_bind(figure)
     assert any("states no n" in p for p in figurecheck.check("fig-x", "Percentile-bootstrap intervals.", fig))
     figurecheck.bind(fig, [])  # nothing more is bound: still no n
     assert any("states no n" in p for p in figurecheck.check("fig-x", "Percentile-bootstrap intervals.", fig))
+
+
+def test_a_figure_with_nothing_to_show_may_keep_the_caption_of_what_it_would_draw(figure):
+    fig, ax = figure
+    ax.set_title("no set has enough erring pairs for a selection half")
+    figurecheck.bind(fig, [], empty=True)
+    assert figurecheck.check("fig-x", "Studentised 95% intervals of each component's effect.", fig) == []
+    fig.arith_bound.empty = False  # the same figure claiming to draw them
+    assert any("names studentized bootstrap" in p for p in figurecheck.check("fig-x", "Studentised intervals.", fig))
