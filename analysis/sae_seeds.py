@@ -101,12 +101,6 @@ class SaeSeedsMetrics(StageResults):
 
 # --- compute ---------------------------------------------------------------------------
 
-@torch.no_grad()
-def unit_decoder(sae) -> Float[Tensor, "d_sae d_in"]:
-    directions = decoder_directions(sae, list(range(sae.cfg.d_sae)))
-    return directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-
-
 def best_matches(first: Float[Tensor, "d_sae d_in"], other: Float[Tensor, "d_other d_in"]
                  ) -> tuple[Int[Tensor, "d_sae"], Float[Tensor, "d_sae"]]:
     """For each latent of the first SAE, the latent of the other whose unit decoder
@@ -116,12 +110,13 @@ def best_matches(first: Float[Tensor, "d_sae d_in"], other: Float[Tensor, "d_oth
 
 
 @torch.no_grad()
-def prompt_profile(model, sae, hook: str, tokens: Tensor, plus: int, minus: int, scale: float
-                   ) -> tuple[Float[Tensor, "d_sae"], Float[Tensor, "d_sae"]]:
-    """Every latent's activation at the prompt's final position and its direct logit effect
-    (plus minus minus)."""
-    effects = direct_logit_effects(model, decoder_directions(sae, list(range(sae.cfg.d_sae))), scale)
-    return final_latents(model, sae, hook, tokens), effects[:, plus] - effects[:, minus]
+def prompt_profile(model, sae, hook: str, tokens: Tensor, plus: int, minus: int, scale: float) -> dict[str, Tensor]:
+    """Every latent's unit decoder direction, its activation at the prompt's final position
+    and its direct logit effect (plus minus minus)."""
+    directions = decoder_directions(sae, list(range(sae.cfg.d_sae)))
+    effects = direct_logit_effects(model, directions, scale)
+    return {"decoder": directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12),
+            "activation": final_latents(model, sae, hook, tokens), "effect": effects[:, plus] - effects[:, minus]}
 
 
 def named_latents(key: str, name: str, paths: StagePaths) -> dict[int, list[str]]:
@@ -173,23 +168,20 @@ def quality_spread(qualities: list[saes.Quality]) -> dict[str, float]:
 
 # --- the stage -------------------------------------------------------------------------
 
-def seed_sae(model, params: Params, name: str, spec: SaeParams, paths: StagePaths, corpus, profile
-             ) -> tuple[SeedsResult, dict[str, Tensor]]:
+def seed_sae(model, params: Params, name: str, spec: SaeParams, paths: StagePaths, corpus, profile,
+             first_quality: saes.Quality) -> tuple[SeedsResult, dict[str, Tensor]]:
     settings, own = params.sae_train, params.sae_seeds
     trained = StagePaths(paths.model, saes.STAGE, root=paths.root)
     first_sae = saes.load_sae(paths.model, name, spec, trained.dir, device=model.cfg.device)
     stats = load_tensors(Path(trained.dir) / name / "stats.safetensors", {"firing_rate": (spec.d_sae,)})
-    first_quality = saes.load_results(trained).saes[name].quality
-    activation, effect = profile(first_sae, spec.hook)
-    first = {"decoder": unit_decoder(first_sae), "activation": activation, "effect": effect}
+    first = profile(first_sae, spec.hook)
     acts = collect_activations(model, corpus.train, spec.hook)
     others = {}
     for seed in own.seeds:
         sae = train_topk_sae(acts, spec.d_sae, settings.k, settings.lr, settings.batch_size, settings.epochs, seed,
                              device=model.cfg.device)
         quality, _ = evaluate_sae(model, sae, spec.hook, corpus.heldout, params)
-        activation, effect = profile(sae, spec.hook)
-        others[seed] = {"decoder": unit_decoder(sae), "activation": activation, "effect": effect, "quality": quality}
+        others[seed] = {**profile(sae, spec.hook), "quality": quality}
     named = named_latents(paths.model, name, paths)
     runs, records, tensors = compare_seeds(first, others, named, stats["firing_rate"] > 0, own.match_threshold, own.top)
     result = SeedsResult(hook=spec.hook, seeds=[settings.seed, *own.seeds], threshold=own.match_threshold, top=own.top,
@@ -216,7 +208,7 @@ def run(model, params: Params, key: str, paths: StagePaths) -> SaeSeedsMetrics:
     results, tensors, untested = {}, {}, {}
     for name, spec in params.model(key).saes.items():
         if name in trained:
-            results[name], own = seed_sae(model, params, name, spec, paths, corpus, profile)
+            results[name], own = seed_sae(model, params, name, spec, paths, corpus, profile, record.saes[name].quality)
             tensors.update(own)
         else:
             loaded = read_results(StagePaths(key, saes.STAGE, root=paths.root).dir / name / "source.json")
