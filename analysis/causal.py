@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from analysis import prefix_attention
 from analysis.scoring import continues_number, prefix_kv, stack_kv
 from analysis.timing import progress
 
@@ -81,25 +82,79 @@ class Outcome:
     correct: Bool[Tensor, "copies batch"]
 
 
+def _read_steps(steps: Float[Tensor, "rows step vocab"], answers: Int[Tensor, "rows alen"], numbers: Int[Tensor, "k"],
+                spend: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What an outcome needs from each step's logits (step j predicts answer token j): the
+    log-normaliser, the answer token's logit, the number-continuing tokens' log-normaliser
+    and the argmax. `spend`: `steps` may be overwritten (when no gradient is taken)."""
+    picked = steps[:, : answers.shape[1]].gather(-1, answers[..., None])[..., 0]
+    reads = (picked, steps[..., numbers].logsumexp(-1), steps.argmax(-1))
+    if not spend or torch.is_grad_enabled():
+        return steps.logsumexp(-1), *reads
+    top = steps.amax(-1, keepdim=True)
+    return steps.sub_(top).exp_().sum(-1).log_() + top[..., 0], *reads  # logsumexp, in place: no allocation
+
+
+def _row_answers(batch: PairBatch, copies: int) -> Int[Tensor, "rows alen"]:
+    n, alen = batch.answers.shape[0], batch.answers.shape[2]
+    return batch.answers.transpose(0, 1).reshape(2 * n, alen).repeat(copies, 1)
+
+
+def _outcome(reads: tuple[Tensor, Tensor, Tensor, Tensor], batch: PairBatch, continuing: Bool[Tensor, "vocab"]
+             ) -> Outcome:
+    norm, picked, number_norm, argmax = reads
+    n, alen, device = batch.answers.shape[0], batch.answers.shape[2], norm.device
+    copies = len(norm) // (2 * n)
+    rows = torch.arange(len(norm), device=device)
+    answers = _row_answers(batch, copies).to(device)
+    lengths = batch.lengths.T.reshape(2 * n).repeat(copies).to(device)
+    within = torch.arange(alen, device=device)[None] < lengths[:, None]
+    ends = (number_norm[rows, lengths] - norm[rows, lengths]).exp().clamp(max=1 - 1e-12)  # P(a digit follows)
+    logprob = ((picked - norm[:, :alen]) * within).sum(-1) + torch.log1p(-ends)
+    follows = ((argmax[:, :alen] == answers) | ~within).all(-1) & ~continuing.to(device)[argmax[rows, lengths]]
+    logprob, follows = logprob.reshape(copies, 2, n).cpu(), follows.reshape(copies, 2, n).cpu()
+    return Outcome(ld=logprob[:, 0] - logprob[:, 1], error=follows[:, 0], correct=follows[:, 1])
+
+
 def answer_outcome(logits: Float[Tensor, "rows tail vocab"], batch: PairBatch, continuing: Bool[Tensor, "vocab"],
                    offset: int = 0) -> Outcome:
     """From the logits of teacher-forced answers (rows: copies x [W rows, C rows]; the first
     `offset` positions of each row are context before the final position): log P(answer),
     ending there, and whether greedy decoding gives it. Returns LD = log P(W) - log P(C)."""
-    n, alen = batch.answers.shape[0], batch.answers.shape[2]
-    copies = len(logits) // (2 * n)
-    steps = logits[:, offset: offset + alen + 1].float().log_softmax(-1)  # position j predicts answer token j
-    answers = batch.answers.transpose(0, 1).reshape(2 * n, alen).repeat(copies, 1).to(steps.device)
-    lengths = batch.lengths.T.reshape(2 * n).repeat(copies).to(steps.device)
-    picked = steps[:, :alen].gather(-1, answers[..., None])[..., 0]
-    within = torch.arange(alen, device=steps.device)[None] < lengths[:, None]
-    last = steps[torch.arange(len(steps)), lengths]  # after the answer's last token
-    ends = last.exp()[:, continuing.to(steps.device)].sum(-1).clamp(max=1 - 1e-12)
-    logprob = (picked * within).sum(-1) + torch.log1p(-ends)
-    argmax = steps.argmax(-1)
-    follows = ((argmax[:, :alen] == answers) | ~within).all(-1) & ~continuing.to(steps.device)[argmax[torch.arange(len(steps)), lengths]]
-    logprob, follows = logprob.reshape(copies, 2, n).cpu(), follows.reshape(copies, 2, n).cpu()
-    return Outcome(ld=logprob[:, 0] - logprob[:, 1], error=follows[:, 0], correct=follows[:, 1])
+    alen = batch.answers.shape[2]
+    steps = logits[:, offset: offset + alen + 1].float()
+    answers = _row_answers(batch, len(logits) // (2 * len(batch.answers))).to(steps.device)
+    return _outcome(_read_steps(steps, answers, continuing.to(steps.device).nonzero()[:, 0]), batch, continuing)
+
+
+CHUNK = 256  # rows per unembedding: measured fastest among 16-256 on a 2-core Xeon
+
+
+def resid_outcome(model, resid: Float[Tensor, "rows tail d_model"], batch: PairBatch, continuing: Bool[Tensor, "vocab"],
+                  chunk: int | None = None) -> Outcome:
+    """answer_outcome from the residual stream after the last block: the final norm and the
+    unembedding run `chunk` rows at a time, so that no (rows, tail, vocab) tensor is ever
+    held; on a CPU that allocation, not the product, cost most of an ablation's unembedding."""
+    chunk = chunk or CHUNK
+    answers = _row_answers(batch, len(resid) // (2 * len(batch.answers))).to(resid.device)
+    numbers = continuing.to(resid.device).nonzero()[:, 0]
+    cap = model.cfg.output_logits_soft_cap or 0
+    parts = []
+    for i in range(0, len(resid), chunk):
+        x = model.ln_final(resid[i: i + chunk]) if model.cfg.normalization_type is not None else resid[i: i + chunk]
+        logits = torch.addmm(model.b_U, x.flatten(0, 1), model.W_U).unflatten(0, x.shape[:2]).float()
+        if cap > 0:
+            logits = cap * torch.tanh(logits / cap)
+        parts.append(_read_steps(logits, answers[i: i + chunk], numbers, spend=True))
+    return _outcome(tuple(torch.cat(p) for p in zip(*parts, strict=True)), batch, continuing)
+
+
+def whole_outcome(model, resid: Float[Tensor, "rows full d_model"], batch: PairBatch, continuing: Bool[Tensor, "vocab"]
+                  ) -> Outcome:
+    """resid_outcome of whole runs (each row its context, then its answer; the stream after
+    the last block): only the final context position and the answer's are unembedded."""
+    pos, alen = batch.corrupt.shape[1], batch.answers.shape[2]
+    return resid_outcome(model, resid[:, pos - 1: pos + alen], batch, continuing)
 
 
 @dataclass
@@ -128,21 +183,34 @@ def prepare_runs(model, batch: PairBatch, continuing: Tensor | None = None) -> R
     for side in SIDES:
         single = prefix_kv(model, batch.context(side), 1)
         runs.prefix[side] = stack_kv([single, single])
-        logits, cache = model.run_with_cache(tails, past_kv_cache=runs.prefix[side], names_filter=lambda n: n in names,
-                                             attention_mask=torch.ones_like(tails))
+        resid, cache = model.run_with_cache(tails, past_kv_cache=runs.prefix[side], names_filter=lambda n: n in names,
+                                            attention_mask=torch.ones_like(tails), stop_at_layer=model.cfg.n_layers)
         runs.resid[side] = torch.stack([cache[name] for name in names])
-        runs.base[side] = answer_outcome(logits, batch, runs.continuing)
+        runs.base[side] = resid_outcome(model, resid, batch, runs.continuing)
     return runs
 
 
-def tail_logits(model, runs: Runs, sides: list[str], start: int, hooks: list | None = None,
-                resid: Tensor | None = None) -> Float[Tensor, "rows tail vocab"]:
+def tail_resid(model, runs: Runs, sides: list[str], start: int, hooks: list | None = None, shared: bool = True
+               ) -> Float[Tensor, "rows tail d_model"]:
     """Run the tails of len(sides) copies of the batch (copy i on side sides[i]) from layer
-    `start`, with `hooks`; `resid`, if given, replaces the stream entering `start`."""
-    stream = resid if resid is not None else torch.cat([runs.resid[side][start] for side in sides])
+    `start` through the last block, with `hooks`. Copies on one side share their prefix
+    (analysis/prefix_attention.py) instead of each taking a copy of it (`shared=False`:
+    TransformerLens' own past_kv_cache, for comparison)."""
+    stream = torch.cat([runs.resid[side][start] for side in sides])
+    end = model.cfg.n_layers
+    if shared and len(sides) > 1 and len(set(sides)) == 1 and prefix_attention.supported(model):
+        with model.hooks(fwd_hooks=hooks or []), prefix_attention.shared_prefix(model, runs.prefix[sides[0]],
+                                                                               len(sides), start):
+            return model(stream, start_at_layer=start, stop_at_layer=end)
     prefix = stack_kv([runs.prefix[side] for side in sides]) if len(sides) > 1 else runs.prefix[sides[0]]
     with model.hooks(fwd_hooks=hooks or []):
-        return model(stream, start_at_layer=start, past_kv_cache=prefix)
+        return model(stream, start_at_layer=start, stop_at_layer=end, past_kv_cache=prefix)
+
+
+def tail_outcome(model, runs: Runs, sides: list[str], start: int, hooks: list | None = None, shared: bool = True
+                 ) -> Outcome:
+    """The outcome of tail_resid's run: one copy of the batch per side, in order."""
+    return resid_outcome(model, tail_resid(model, runs, sides, start, hooks, shared), runs.batch, runs.continuing)
 
 
 # --- activation patching: one component at the final position, both ways --------------------
@@ -189,8 +257,7 @@ def compute_component_patching(model, runs: Runs, nodes: list[Node]) -> Float[Te
             return act.flatten(0, 2)
 
         hooks = [(name, patch) for name in {_component_hook(*nodes[i]) for i in members}]
-        logits = tail_logits(model, runs, sides, layer, hooks)
-        ld = answer_outcome(logits, runs.batch, runs.continuing).ld.unflatten(0, (len(members), 2))
+        ld = tail_outcome(model, runs, sides, layer, hooks).ld.unflatten(0, (len(members), 2))
         for k, i in enumerate(members):
             result[:, :, i] = ld[k]
     return result
@@ -226,8 +293,8 @@ def compute_resid_patching(model, runs: Runs, sites: list[Bool[Tensor, "batch po
     for column, layer in progress(list(enumerate(layers)), "patching the residual stream", unit="layer"):
         base = torch.cat([streams["corrupt"][layer]] * len(sites) + [streams["clean"][layer]] * len(sites))
         patch = torch.cat([streams["clean"][layer]] * len(sites) + [streams["corrupt"][layer]] * len(sites))
-        logits = model(torch.where(masks, patch, base), start_at_layer=layer)
-        ld = answer_outcome(logits, batch, runs.continuing, offset=pos - 1).ld
+        resid = model(torch.where(masks, patch, base), start_at_layer=layer, stop_at_layer=model.cfg.n_layers)
+        ld = whole_outcome(model, resid, batch, runs.continuing).ld
         out[:, :, column] = ld.unflatten(0, (2, len(sites))).transpose(1, 2)
     return out
 
@@ -253,7 +320,8 @@ def compute_attribution(model, runs: Runs) -> Attribution:
     their gradients add."""
     batch, n, pos = runs.batch, runs.n, runs.batch.corrupt.shape[1]
     with torch.no_grad():
-        _, clean = model.run_with_cache(batch.full("clean").to(model.cfg.device), names_filter=_attribution_names)
+        _, clean = model.run_with_cache(batch.full("clean").to(model.cfg.device), names_filter=_attribution_names,
+                                        stop_at_layer=model.cfg.n_layers)
     acts: dict[str, Tensor] = {}
 
     def keep(act: Tensor, hook) -> None:
@@ -264,8 +332,8 @@ def compute_attribution(model, runs: Runs) -> Attribution:
         return embed.detach().requires_grad_(True)
 
     with torch.enable_grad(), model.hooks(fwd_hooks=[("hook_embed", track), *((k, keep) for k in clean.keys())]):
-        logits = model(batch.full("corrupt").to(model.cfg.device))
-        answer_outcome(logits, batch, runs.continuing, offset=pos - 1).ld.sum().backward()
+        resid = model(batch.full("corrupt").to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+        whole_outcome(model, resid, batch, runs.continuing).ld.sum().backward()
 
     def attr(name: str) -> Tensor:  # (batch, pos, ...) over the context: W's and C's rows added
         value = ((clean[name] - acts[name].detach()) * acts[name].grad).detach().cpu()[:, :pos]
@@ -292,9 +360,10 @@ def mean_head_outputs(model, runs: Runs) -> Float[Tensor, "layer head d_head"]:
 
 @torch.no_grad()
 def ablate_heads(model, runs: Runs, masks: Bool[Tensor, "copies layer head"], values: Float[Tensor, "layer head d_head"],
-                 side: str = "corrupt") -> Outcome:
+                 side: str = "corrupt", shared: bool = True) -> Outcome:
     """The outcome with each copy's heads (masks[c]) set to `values` at the final position:
-    every copy of the batch in one run, from the first layer any copy ablates."""
+    every copy of the batch in one run, from the first layer any copy ablates (`shared`: see
+    tail_resid)."""
     masks = masks.to(model.cfg.device)
     start = int(masks.any(0).any(1).nonzero()[0])
     rows = 2 * runs.n
@@ -307,8 +376,7 @@ def ablate_heads(model, runs: Runs, masks: Bool[Tensor, "copies layer head"], va
         return z
 
     hooks = [(f"blocks.{l}.attn.hook_z", hook) for l in range(start, model.cfg.n_layers) if masks[:, l].any()]
-    logits = tail_logits(model, runs, [side] * len(masks), start, hooks)
-    return answer_outcome(logits, runs.batch, runs.continuing)
+    return tail_outcome(model, runs, [side] * len(masks), start, hooks, shared)
 
 
 def head_mask(n_layers: int, n_heads: int, heads: list[tuple[int, int]]) -> Bool[Tensor, "layer head"]:
@@ -338,24 +406,30 @@ def layer_matched_sets(chosen: list[tuple[int, int]], n_heads: int, draws: int, 
     return sets
 
 
+def copies_per_run(runs: Runs, rows: int) -> int:
+    """How many copies of the batch make about `rows` rows (two per pair) in one run."""
+    return max(1, rows // (2 * runs.n))
+
+
 def controlled_ablation(model, runs: list[Runs], chosen: list[tuple[int, int]], values: list[Tensor],
-                        draws: int, seed: int, chunk: int = 50) -> tuple[Outcome, Outcome]:
+                        draws: int, seed: int, rows: int = 640) -> tuple[Outcome, Outcome]:
     """The chosen heads ablated at the final position, and `draws` layer-matched random
-    sets ablated the same way, on every batch; each outcome's rows are the pairs of all the
-    batches in order (the random draws as copies)."""
+    sets ablated the same way, on every batch (about `rows` rows per run); each outcome's
+    rows are the pairs of all the batches in order (the random draws as copies)."""
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    sets = layer_matched_sets(chosen, n_heads, draws, seed)
+    masks = torch.stack([head_mask(n_layers, n_heads, s) for s in layer_matched_sets(chosen, n_heads, draws, seed)])
     observed = [ablate_heads(model, r, head_mask(n_layers, n_heads, chosen)[None], v) for r, v in zip(runs, values, strict=True)]
-    random: list[list[Outcome]] = [[] for _ in runs]
-    for start in progress(range(0, draws, chunk), "random head sets", unit="chunk"):
-        masks = torch.stack([head_mask(n_layers, n_heads, s) for s in sets[start: start + chunk]])
-        for i, (r, v) in enumerate(zip(runs, values, strict=True)):
-            random[i].append(ablate_heads(model, r, masks, v))
+    random = []
+    for r, v in zip(runs, values, strict=True):
+        per = copies_per_run(r, rows)
+        random.append(joined([ablate_heads(model, r, masks[i: i + per], v)
+                              for i in progress(range(0, draws, per), "random head sets", unit="run")], 0))
+    return joined(observed, 1), joined(random, 1)
 
-    def joined(parts: list[Outcome], dim: int) -> Outcome:
-        return Outcome(*(torch.cat([getattr(p, f) for p in parts], dim=dim) for f in ("ld", "error", "correct")))
 
-    return joined(observed, 1), joined([joined(parts, 0) for parts in random], 1)
+def joined(parts: list[Outcome], dim: int) -> Outcome:
+    """Outcomes put together along copies (dim 0) or pairs (dim 1)."""
+    return Outcome(*(torch.cat([getattr(p, f) for p in parts], dim=dim) for f in ("ld", "error", "correct")))
 
 
 # --- SAE latents at the final position ---------------------------------------------------------
@@ -390,8 +464,8 @@ def latent_attribution(model, runs: Runs, sae, hook: str) -> Float[Tensor, "batc
         return torch.cat([(sae.decode(z) + error)[:, None], x[:, 1:]], dim=1)
 
     with torch.enable_grad():
-        logits = tail_logits(model, runs, ["corrupt"], 0, [(hook, splice)])
-        (grad,) = torch.autograd.grad(answer_outcome(logits, runs.batch, runs.continuing).ld.sum(), kept["z"])
+        ld = tail_outcome(model, runs, ["corrupt"], 0, [(hook, splice)]).ld
+        (grad,) = torch.autograd.grad(ld.sum(), kept["z"])
     grad = grad[: runs.n] + grad[runs.n:]  # W's rows and C's read the same final position
     corrupt = kept["z"].detach()[: runs.n]
     return ((clean - corrupt) * grad).cpu()
@@ -414,8 +488,7 @@ def ablate_latents(model, runs: Runs, sae, hook: str, masks: Bool[Tensor, "copie
         x[:, 0] += delta.to(x.dtype)
         return x
 
-    logits = tail_logits(model, runs, [side] * len(masks), hook_layer(hook), [(hook, edit)])
-    return answer_outcome(logits, runs.batch, runs.continuing)
+    return tail_outcome(model, runs, [side] * len(masks), hook_layer(hook), [(hook, edit)])
 
 
 def matched_latent_sets(mean_activation: Float[Tensor, "latent"], chosen: list[int], window: int, draws: int,

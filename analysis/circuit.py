@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analysis.causal import PairBatch, answer_outcome
+from analysis.causal import PairBatch, whole_outcome
 from analysis.timing import progress
 
 CLASSES = ("changed", "equals", "final", "answer", "other")
@@ -196,7 +196,6 @@ def _mean_gradients(model, graph: Graph, batch: PairBatch, tokens: Tensor, start
     """d LD / d (each receiver's input), averaged over the path start -> stop of the input."""
     names = [name for name, _ in _receiver_hooks(graph)]
     total: dict[str, Tensor] = {}
-    pos = batch.corrupt.shape[1]
     for k in progress(range(steps), "EAP-IG steps", unit="step"):
         alpha = (k + 0.5) / steps
         kept: dict[str, Tensor] = {}
@@ -211,8 +210,8 @@ def _mean_gradients(model, graph: Graph, batch: PairBatch, tokens: Tensor, start
 
         hooks = [("blocks.0.hook_resid_pre", interpolate), *((name, keep) for name in names)]
         with torch.enable_grad(), model.hooks(fwd_hooks=hooks):
-            logits = model(tokens)
-            answer_outcome(logits, batch, continuing, offset=pos - 1).ld.sum().backward()
+            resid = model(tokens, stop_at_layer=model.cfg.n_layers)
+            whole_outcome(model, resid, batch, continuing).ld.sum().backward()
         for name in names:
             grad = kept[name].grad.detach()
             total[name] = grad if name not in total else total[name] + grad
@@ -236,9 +235,9 @@ def clean_run(model, batch: PairBatch, continuing: Tensor) -> CleanRun:
     with edge_level(model):
         tokens = batch.full("clean").to(model.cfg.device)
         names = {name for name, _ in _receiver_hooks(graph)}
-        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+        resid, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers)
         receivers = {name: cache[name] for name in names}
-        ld = answer_outcome(logits, batch, continuing, offset=batch.corrupt.shape[1] - 1).ld[0]
+        ld = whole_outcome(model, resid, batch, continuing).ld[0]
         return CleanRun(sender_outputs(model, graph, tokens), receivers, ld)
 
 
@@ -282,15 +281,15 @@ def circuit_ld(model, batch: PairBatch, edges: Bool[Tensor, "sender receiver cla
         hooks.append((name, send(_sender_rows(graph, name))))
     hooks += [(name, receive(indices)) for name, indices in _receiver_hooks(graph)]
     with edge_level(model), model.hooks(fwd_hooks=hooks):
-        logits = model(batch.full("corrupt").to(device))
-    return answer_outcome(logits, batch, continuing, offset=batch.corrupt.shape[1] - 1).ld[0]
+        resid = model(batch.full("corrupt").to(device), stop_at_layer=model.cfg.n_layers)
+    return whole_outcome(model, resid, batch, continuing).ld[0]
 
 
 @torch.no_grad()
 def plain_ld(model, batch: PairBatch, side: str, continuing: Tensor) -> Float[Tensor, "batch"]:
     """LD of one side's plain run: the whole graph is the corrupt run, the empty one the clean."""
-    logits = model(batch.full(side).to(model.cfg.device))
-    return answer_outcome(logits, batch, continuing, offset=batch.corrupt.shape[1] - 1).ld[0]
+    resid = model(batch.full(side).to(model.cfg.device), stop_at_layer=model.cfg.n_layers)
+    return whole_outcome(model, resid, batch, continuing).ld[0]
 
 
 def top_edges(scores: Float[Tensor, "sender receiver class"], k: int) -> Bool[Tensor, "sender receiver class"]:

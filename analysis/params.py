@@ -290,7 +290,7 @@ class PatchingParams(Section):
     min_effect: Annotated[float, Field(strict=True, gt=0)]  # and its normalised effect at least this
     min_gap: Annotated[float, Field(strict=True, gt=0)]  # |mean LD gap| below which no effect is normalised
     random_draws: Annotated[int, Field(strict=True, ge=2, le=MAX_PROMPTS)]  # random sets in each control
-    draw_chunk: PositiveInt  # random sets run together
+    draw_rows: PositiveInt  # rows (two per pair) of a control's draws run together
     top_latents: PositiveInt  # SAE latents that most favour the error, ablated together
     latent_match_window: PositiveInt  # their random controls: within this many ranks of mean activation
     eap_ig_pairs: Annotated[int, Field(strict=True, ge=1, le=MAX_PROMPTS)]  # selection pairs EAP-IG scores

@@ -343,7 +343,7 @@ def _intervention(params: Params, before: dict[str, Outcome], after: dict[str, O
 
 
 def _joined(outcomes: list[Outcome]) -> Outcome:
-    return Outcome(*(torch.cat([getattr(o, f) for o in outcomes], dim=1) for f in ("ld", "error", "correct")))
+    return causal.joined(outcomes, 1)
 
 
 def _control(observed: Outcome, base: Outcome, random: Outcome, draws: int) -> Control:
@@ -370,7 +370,7 @@ def evaluate(model, params: Params, items: list[Prepared], sel: Chosen, saes: di
             ablation[kind] = _intervention(params, before, after)
         with timed(f"  {s.random_draws} layer-matched random head sets"):
             observed, random = causal.controlled_ablation(model, runs, sel.heads, [sel.mean_values] * len(runs),
-                                                          s.random_draws, params.seed, s.draw_chunk)
+                                                          s.random_draws, params.seed, s.draw_rows)
         control = _control(observed, before["corrupt"], random, s.random_draws)
     latents = [latent_result(model, params, runs, before, name, loaded, sel.latents[name])
                for name, loaded in saes.items()]
@@ -404,11 +404,13 @@ def latent_result(model, params: Params, runs: list[Runs], before: dict[str, Out
              for side in causal.SIDES}
     draws = causal.matched_latent_sets(loaded.corpus_activation, latents, s.latent_match_window, s.random_draws,
                                        params.seed)
-    parts = []
-    for start in range(0, len(draws), s.draw_chunk):
-        masks = torch.stack([causal.latent_mask(d_sae, d) for d in draws[start: start + s.draw_chunk]])
-        parts.append(_joined([causal.ablate_latents(model, r, loaded.sae, loaded.hook, masks) for r in runs]))
-    random = Outcome(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ld", "error", "correct")))
+    masks = torch.stack([causal.latent_mask(d_sae, d) for d in draws])
+    random = []
+    for r in runs:
+        per = causal.copies_per_run(r, s.draw_rows)
+        random.append(causal.joined([causal.ablate_latents(model, r, loaded.sae, loaded.hook, masks[i: i + per])
+                                     for i in range(0, len(draws), per)], 0))
+    random = _joined(random)
     return LatentResult(sae=name, hook=loaded.hook, latents=latents, ablation=_intervention(params, before, after),
                         control=_control(after["corrupt"], before["corrupt"], random, len(draws)))
 

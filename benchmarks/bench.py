@@ -12,6 +12,8 @@ Figures (each with its target, and whether this run met it):
   position, against the batched way; both give the same probabilities;
 - heads: attribution patching plus exact patching of its top ten, against exact patching of
   every head, on the copy error set; how many of the exact top ten it finds;
+- controls: a random control's draws with the batch's prefix shared by every draw, against
+  TransformerLens' own past_kv_cache, which copies it into every draw;
 - scaling: each stage's run at each scale of its workload (prompts, contexts, pairs, windows);
 - pipeline: each stage's load and run in the last `make` (logs/), their total against the
   floor (its tokens × the blocks' FLOPs per token ÷ the limit), a no-op `make`, the paper
@@ -189,6 +191,36 @@ def head_ranking(report: Report, model, params, top: int = 10) -> None:
                                "exact_top": sorted(exact_top), "attribution_top": ranked}
 
 
+def controls(report: Report, model, params, draws: int = 50) -> None:
+    """A random control's draws as the patching stage runs them (copies of the batch sharing
+    its frozen prefix, analysis/prefix_attention.py) against TransformerLens' own
+    past_kv_cache (every copy holding the prefix), `draws` layer-matched head sets from the
+    middle layer on, as many at a time as make draw_rows rows, on the first causal set's first pairs."""
+    from analysis import causal
+    from analysis.errorsets import batches, pairs_of, prepare_pairs
+
+    s = params.patching
+    items = prepare_pairs(model, pairs_of(s.sets[s.causal[0]], s.n_pairs, params, torch.zeros(1, 1)))
+    runs = causal.prepare_runs(model, batches(items)[0][1])
+    values = causal.mean_head_outputs(model, runs)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    sets = causal.layer_matched_sets([(n_layers // 2, 0), (n_layers - 1, 0)], n_heads, draws, params.seed)
+    masks = torch.stack([causal.head_mask(n_layers, n_heads, heads) for heads in sets])
+
+    per = causal.copies_per_run(runs, s.draw_rows)
+
+    def run(shared: bool) -> torch.Tensor:
+        return torch.cat([causal.ablate_heads(model, runs, masks[i: i + per], values, shared=shared).ld
+                          for i in range(0, draws, per)])
+
+    shared_s, own_s = best_seconds(lambda: run(True), 2), best_seconds(lambda: run(False), 1)
+    difference = (run(True) - run(False)).abs().max().item()
+    report.add(f"controls: TransformerLens' cache ÷ shared prefix (time, {draws} draws)", own_s / shared_s, "×", "≥ 3",
+               lambda v: v >= 3, note=f"{runs.n} pairs, {per} draws a run; LD differs by at most {difference:.1g}")
+    report.details["controls"] = {"draws": draws, "pairs": runs.n, "draws_per_run": per, "shared_s": shared_s,
+                                  "transformer_lens_s": own_s, "max_ld_difference": difference}
+
+
 def scaled_params(raw: dict, stage: str, scale: float):
     from analysis.params import validate_params
 
@@ -314,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--scales", type=float, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["heads", "scaling", "pipeline", "make", "setup"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["heads", "controls", "scaling", "pipeline", "make", "setup"])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
     args = parser.parse_args(argv)
     os.chdir(REPO)
@@ -330,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     forward_and_notebook(report, model, params, limit)
     if "heads" not in args.skip:
         head_ranking(report, model, params)
+    if "controls" not in args.skip:
+        controls(report, model, params)
     if "pipeline" not in args.skip:
         pipeline(report, model, args.model, limit)
     if "scaling" not in args.skip:

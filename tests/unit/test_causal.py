@@ -5,7 +5,7 @@ import pytest
 import torch
 from helpers import rotary_model, tiny_model
 
-from analysis import causal
+from analysis import causal, prefix_attention
 from analysis.arithmetic import placed_pairs
 from analysis.causal import PairBatch, answer_outcome, make_batch
 from analysis.prompts import equal_length_batches, prepare_prompt
@@ -150,8 +150,50 @@ def test_the_controlled_ablation_returns_the_chosen_set_and_every_draw_for_every
     model, batch, runs = setup
     values = causal.mean_head_outputs(model, runs)
     observed, random = causal.controlled_ablation(model, [runs, runs], [(1, 1), (2, 3)], [values, values], draws=7,
-                                                  seed=0, chunk=3)
+                                                  seed=0, rows=6 * runs.n)  # three draws a run
     assert observed.ld.shape == (1, 2 * runs.n) and random.ld.shape == (7, 2 * runs.n)
     torch.testing.assert_close(observed.ld[0, : runs.n], observed.ld[0, runs.n:])
     again = causal.ablate_heads(model, runs, causal.head_mask(3, 4, [(1, 1), (2, 3)])[None], values)
     torch.testing.assert_close(observed.ld[:, : runs.n], again.ld)
+
+
+def test_copies_sharing_one_prefix_give_what_each_copy_gives_on_its_own_cache(setup):
+    model, batch, runs = setup
+    values = causal.mean_head_outputs(model, runs)
+    sets = [[(0, 1)], [(1, 2), (2, 0)], [(2, 3)], []]
+    masks = torch.stack([causal.head_mask(3, 4, s) for s in sets])
+    together = causal.ablate_heads(model, runs, masks, values)  # one run, the prefix shared by four copies
+    assert prefix_attention.supported(model)
+    for i in range(len(sets)):  # alone: TransformerLens' own cached attention; no head ablated: the plain run
+        alone = causal.ablate_heads(model, runs, masks[i: i + 1], values) if sets[i] else runs.base["corrupt"]
+        torch.testing.assert_close(together.ld[i], alone.ld[0], atol=1e-5, rtol=0)
+        assert torch.equal(together.error[i], alone.error[0]) and torch.equal(together.correct[i], alone.correct[0])
+    assert (together.ld[1] - together.ld[3]).abs().max() > 1e-3  # the copies differ
+
+
+def test_the_shared_prefix_refuses_hooks_that_would_see_only_the_tail(setup):
+    model, _, runs = setup
+    with model.hooks(fwd_hooks=[("blocks.2.attn.hook_pattern", lambda p, hook: p)]), pytest.raises(ValueError):
+        with prefix_attention.shared_prefix(model, runs.prefix["corrupt"], 2, 1):
+            pass
+    assert "forward" not in vars(model.blocks[2].attn)  # the class's forward again
+
+
+def test_the_outcome_read_in_chunks_of_rows_equals_the_outcome_of_whole_logits(setup):
+    model, batch, runs = setup
+    resid = causal.tail_resid(model, runs, ["corrupt", "corrupt", "corrupt"], 1)
+    whole = answer_outcome(model.unembed(model.ln_final(resid)), batch, runs.continuing)
+    for chunk in (1, 5, 1000):
+        read = causal.resid_outcome(model, resid, batch, runs.continuing, chunk=chunk)
+        torch.testing.assert_close(read.ld, whole.ld, atol=1e-5, rtol=0)
+        assert torch.equal(read.error, whole.error) and torch.equal(read.correct, whole.correct)
+    torch.testing.assert_close(whole.ld, runs.base["corrupt"].ld.repeat(3, 1), atol=1e-5, rtol=0)
+
+
+def test_attention_with_a_soft_cap_or_its_result_kept_is_left_to_transformer_lens():
+    model = tiny_model(n_layers=1)
+    assert prefix_attention.supported(model) and prefix_attention.supported(rotary_model(n_layers=1))
+    model.cfg.attn_scores_soft_cap = 50.0
+    assert not prefix_attention.supported(model)
+    model.cfg.attn_scores_soft_cap, model.cfg.use_attn_result = -1.0, True
+    assert not prefix_attention.supported(model)

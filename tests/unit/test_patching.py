@@ -37,7 +37,7 @@ SETS = {"all3": {"kind": "placed", "n_shots": 3, "where": [0, 1, 2], "about": "e
 def stage_params(**more):
     return make_params(**{"patching.sets": SETS, "patching.causal": ["all3"], "patching.circuit": ["all3"],
                           "patching.n_pairs": 12, "patching.min_erring": 10, "patching.max_pairs": 60,
-                          "patching.random_draws": 20, "patching.draw_chunk": 7, "patching.top_heads": 4,
+                          "patching.random_draws": 20, "patching.draw_rows": 30, "patching.top_heads": 4,
                           "patching.top_latents": 3, "patching.circuit_sizes": [2, 5, 10, 20, 40],
                           "patching.circuit_size": 5, "patching.confirm_edges": 3, "patching.eap_ig_steps": 2,
                           "patching.eap_ig_pairs": 4,
